@@ -236,6 +236,11 @@ class ChatFormatter:
         """Token ids of one conversation (a list of {"role", "content"} messages)."""
         return self.encode_batch([messages])[0]
 
+    @staticmethod
+    def conversation(prompt: Any, response: Any) -> list[Message]:
+        """The validated conversation of `prompt` (string or messages) + assistant `response`."""
+        return build_conversation(prompt, response)
+
     def encode_prompt_response(self, prompt: Any, response: Any) -> list[int]:
         """Token ids of `prompt` (string or messages) followed by the assistant `response`."""
         return self.encode(build_conversation(prompt, response))
