@@ -1,0 +1,42 @@
+"""Shared fixtures: small seeded checkpoints saved with transformers' save_pretrained.
+
+Checkpoints are built once per test session and cached by their settings.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.demo import make_checkpoint
+
+# Small enough to build and run in well under a second on 2 cores.
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=16384,
+)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint(tmp_path_factory):
+    """Factory: make_tiny_checkpoint(**overrides) -> checkpoint dir (cached per settings)."""
+    cache: dict[str, object] = {}
+
+    def make(**overrides):
+        key = repr(sorted(overrides.items()))
+        if key not in cache:
+            settings = {**TINY, **overrides}
+            out = tmp_path_factory.mktemp("ckpt")
+            cache[key] = make_checkpoint(out, **settings)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_tiny_checkpoint):
+    """A tiny LlamaForSequenceClassification checkpoint with the real Llama-3 tokenizer."""
+    return make_tiny_checkpoint()
