@@ -1,0 +1,373 @@
+"""`reward-engine` command line.
+
+    reward-engine score --model CKPT --input in.jsonl --output out.jsonl
+
+Exit codes: 0 every line scored, 1 some lines had errors (each has an "error" in the
+output), 2 usage error (nothing scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .chat import ConversationError
+from .jsonl import InputLine, parse_line
+
+USAGE_ERROR = 2
+
+MAIN_EPILOG = """\
+examples:
+  reward-engine score --model ./my-reward-model --input conversations.jsonl --output rewards.jsonl
+  cat conversations.jsonl | reward-engine score --model ./my-reward-model --input - --output -
+
+Run 'reward-engine score --help' for the input and output formats.
+"""
+
+SCORE_DESCRIPTION = """\
+Score conversations with a reward model. The input is JSON Lines: one object per line,
+in one of three forms:
+
+  {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+  {"prompt": "..." or [messages], "response": "..."}
+  {"prompt": "..." or [messages], "responses": ["...", "...", ...]}
+
+A string prompt is one user message; a response is the final assistant message.
+An optional "id" (any JSON value) is copied to the output. Blank lines are skipped.
+
+Each output line (same order as the input) holds the "id" (when given), the input
+"line" number, and one of:
+  "reward"   a number (a list of numbers for multi-attribute reward heads)
+  "rewards"  one reward per response (the "responses" form)
+  "error"    why the line was not scored (bad JSON, unknown form or role, too long, ...)
+
+Conversations are formatted with the checkpoint's chat template when its tokenizer
+files have one, otherwise with the Llama-3.1 chat format.
+"""
+
+SCORE_EPILOG = """\
+exit status: 0 all lines scored, 1 some lines had errors, 2 usage error.
+
+examples:
+  reward-engine score --model ./my-reward-model --input conversations.jsonl --output rewards.jsonl
+  reward-engine score --model ./my-reward-model --input big.jsonl --output out.jsonl \\
+      --dtype float32 --max-batch-tokens 8192 --threads 16
+  echo '{"id": 1, "prompt": "2+2?", "responses": ["4", "5"]}' | \\
+      reward-engine score --model ./my-reward-model --input - --output - --no-progress
+"""
+
+
+class UsageError(Exception):
+    """A problem with the command line or its files: reported in one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reward-engine",
+        description="Fast inference for LLM reward models (Llama-3.x architecture).",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_score_command(commands)
+    return parser
+
+
+def _add_score_command(commands) -> None:
+    p = commands.add_parser(
+        "score",
+        help="score conversations from a JSONL file",
+        description=SCORE_DESCRIPTION,
+        epilog=SCORE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory")
+    p.add_argument("--input", required=True, metavar="FILE", help="input JSONL file ('-': stdin)")
+    p.add_argument(
+        "--output", required=True, metavar="FILE", help="output JSONL file ('-': stdout)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="compute dtype (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=_positive_int,
+        default=4096,
+        metavar="N",
+        help="tokens per forward pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's)"
+    )
+    p.add_argument(
+        "--chunk-tokens",
+        type=_positive_int,
+        default=65536,
+        metavar="N",
+        help="read and score the input this many tokens at a time; bounds memory "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=_run_score)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `reward-engine` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse reported
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"reward-engine {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+# -- score -------------------------------------------------------------------------------
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    _check_model_dir(args.model)
+    if args.input != "-" and args.output != "-" and _same_file(args.input, args.output):
+        raise UsageError("--output is the --input file: it would be overwritten")
+    source, size = _open_input(args.input)
+    try:
+        sink = _open_output(args.output)
+        try:
+            engine = _load_engine(args)
+            stats = _score_stream(engine, source, sink, args, size)
+        finally:
+            if sink is not sys.stdout:
+                sink.close()
+            else:
+                sink.flush()
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    print(stats.summary(), file=sys.stderr)
+    if stats.interrupted:
+        return 130
+    return 1 if stats.error_lines else 0
+
+
+def _check_model_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise UsageError(f"model directory not found: {path}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"{path} has no config.json: --model must be a checkpoint directory")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _open_input(path: str) -> tuple[IO[bytes], int | None]:
+    """The input as a binary stream, and its size in bytes when known (for the ETA)."""
+    if path == "-":
+        return sys.stdin.buffer, None
+    if os.path.isdir(path):
+        raise UsageError(f"cannot read input {path}: it is a directory")
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise UsageError(f"cannot read input {path}: {exc.strerror}") from None
+    size = os.fstat(f.fileno()).st_size
+    return f, size if size > 0 else None
+
+
+def _open_output(path: str) -> IO[str]:
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise UsageError(f"cannot write output {path}: {exc.strerror}") from None
+
+
+def _load_engine(args: argparse.Namespace):
+    from . import RewardEngine  # imports torch: only once the command line is known good
+
+    try:
+        engine = RewardEngine.from_pretrained(
+            args.model,
+            dtype=args.dtype,
+            max_num_batched_tokens=args.max_batch_tokens,
+            num_threads=args.threads,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UsageError(f"cannot load the model from {args.model}: {exc}") from None
+    if engine.chat is None:
+        raise UsageError(
+            f"{args.model} has no tokenizer.json: copy the model's tokenizer files into it"
+        )
+    return engine
+
+
+@dataclass
+class ScoreStats:
+    lines: int = 0  # lines scored
+    conversations: int = 0
+    tokens: int = 0
+    error_lines: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self, max_listed: int = 10) -> str:
+        n = len(self.error_lines)
+        text = (
+            f"scored {self.lines} line{_s(self.lines)} "
+            f"({self.conversations} conversation{_s(self.conversations)}), "
+            f"{n} error{_s(n)}"
+        )
+        if n:
+            listed = ", ".join(str(i) for i in self.error_lines[:max_listed])
+            more = " ..." if n > max_listed else ""
+            text += f": see line{_s(n)} {listed}{more}"
+        if self.interrupted:
+            text += " (interrupted: the output holds the lines before)"
+        return text
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _score_stream(engine, source: IO[bytes], sink: IO[str], args, size: int | None) -> ScoreStats:
+    """Read, tokenize and score the input chunk by chunk, writing each chunk's results
+    in input order before reading on: memory stays bounded by the chunk size."""
+    from tqdm import tqdm
+
+    stats = ScoreStats()
+    bar = tqdm(
+        unit="tok",
+        unit_scale=True,
+        desc="scoring",
+        file=sys.stderr,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+    )
+    chunk: list[tuple[InputLine, list[list[int]]]] = []
+    chunk_tokens = bytes_read = tokens_read = 0
+    try:
+        for line_no, raw in enumerate(source, start=1):
+            bytes_read += len(raw)
+            item = parse_line(raw, line_no)
+            if item is None:
+                continue
+            ids = _tokenize(engine, item)
+            n = sum(len(s) for s in ids)
+            chunk.append((item, ids))
+            chunk_tokens += n
+            tokens_read += n
+            if chunk_tokens >= args.chunk_tokens or len(chunk) >= 4096:
+                if size:  # estimate the total from the bytes read so far, for the ETA
+                    bar.total = max(bar.n + chunk_tokens, tokens_read * size // bytes_read)
+                _flush(engine, chunk, sink, stats, bar)
+                chunk, chunk_tokens = [], 0
+        if size:
+            bar.total = bar.n + chunk_tokens
+        _flush(engine, chunk, sink, stats, bar)
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    finally:
+        if bar.total is not None and not stats.interrupted:
+            bar.total = bar.n  # lines the engine refused never reported their tokens
+        bar.close()
+    return stats
+
+
+def _tokenize(engine, item: InputLine) -> list[list[int]]:
+    """Token ids of a line's conversations; on a problem, sets item.error and returns []."""
+    if item.error is not None:
+        return []
+    try:
+        ids = engine.chat.encode_batch(item.conversations)
+    except ConversationError as exc:
+        item.error = str(exc)
+        return []
+    limit = engine.max_model_len
+    for k, seq in enumerate(ids):
+        if len(seq) > limit:
+            where = f"'responses'[{k}]: " if item.many else ""
+            item.error = (
+                f"{where}the conversation is {len(seq)} tokens long, more than the model's "
+                f"maximum length of {limit} tokens"
+            )
+            return []
+    return ids
+
+
+def _flush(engine, chunk, sink: IO[str], stats: ScoreStats, bar) -> None:
+    """Score one chunk and write its output lines in input order."""
+    scored = [(item, ids) for item, ids in chunk if item.error is None]
+    results = _score_lines(engine, scored, bar)
+    rewards = {item.line: r for (item, _), r in zip(scored, results, strict=True)}
+    for item, ids in chunk:
+        line_rewards = rewards.get(item.line)
+        if item.error is None:
+            stats.lines += 1
+            stats.conversations += len(ids)
+            stats.tokens += sum(len(s) for s in ids)
+        else:
+            stats.error_lines.append(item.line)
+        sink.write(json.dumps(item.output(line_rewards), ensure_ascii=False))
+        sink.write("\n")
+    sink.flush()
+
+
+def _score_lines(engine, scored, bar) -> list[list[Any] | None]:
+    """Rewards of each line in one engine call. If the engine refuses the call (a
+    sequence it cannot take), lines are scored one by one so only the offending lines
+    fail (their error is set and their entry is None)."""
+    seqs = [s for _, ids in scored for s in ids]
+    if not seqs:
+        return [[] for _ in scored]
+    try:
+        flat = engine.score_token_ids(seqs, progress=bar.update)
+    except ValueError:
+        out = []
+        for item, ids in scored:
+            try:
+                out.append(engine.score_token_ids(ids, progress=bar.update))
+            except ValueError as exc:
+                item.error = f"the model cannot score it: {exc}"
+                out.append(None)
+        return out
+    out, start = [], 0
+    for _, ids in scored:
+        out.append(flat[start : start + len(ids)])
+        start += len(ids)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
