@@ -27,7 +27,12 @@ request) and step 2 computes only the 8 distinct tails.
 
 Running out of blocks
 ---------------------
-The KV cache manager evicts unreferenced cached blocks first. If a running request
+A waiting request that cannot get blocks for its first chunk stays at the head of
+the queue (nothing behind it is admitted, so large requests are not starved).
+Without a chunk cap (``max_chunk_tokens``) every request scheduled in a step but the
+last one finishes in it, so blocks never run short for a running request; with a
+cap several long prefills progress side by side and they can. Then the KV cache
+manager evicts unreferenced cached blocks first. If a running request
 still cannot get blocks for its chunk, the scheduler preempts the lowest-priority,
 most recently admitted running request (its blocks are released, the full ones stay
 in the prefix cache; it restarts from zero, usually with a hit, at the front of its
@@ -68,14 +73,24 @@ class SchedulerConfig:
     max_num_seqs: int = 256  # running requests at once (and chunks per step)
     max_model_len: int = 131072  # longest request accepted
     max_waiting_requests: int = 4096  # add_request raises EngineOverloadedError beyond
+    # Largest chunk of one request per step (None: the whole budget). A cap below the
+    # budget lets short requests run beside a long prefill instead of behind it.
+    max_chunk_tokens: int | None = None
     prefix_aware_admission: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len",
-                     "max_waiting_requests"):
+                     "max_waiting_requests", "max_chunk_tokens"):
             value = getattr(self, name)
+            if value is None and name == "max_chunk_tokens":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be a positive int, got {value!r}")
+
+    @property
+    def chunk_limit(self) -> int:
+        return self.max_num_batched_tokens if self.max_chunk_tokens is None \
+            else min(self.max_chunk_tokens, self.max_num_batched_tokens)
 
 
 @dataclass(slots=True, frozen=True)
@@ -205,7 +220,7 @@ class Scheduler:
         i = 0
         while i < len(self._running) and budget > 0:
             request = self._running[i]
-            num_new = min(request.num_remaining_tokens, budget)
+            num_new = min(request.num_remaining_tokens, budget, self.config.chunk_limit)
             while not self.kv_cache.allocate(request, num_new):
                 # Victims come from the tail, so none was scheduled earlier this step.
                 victim = self._running[-1]
@@ -229,7 +244,7 @@ class Scheduler:
             if self._prefix_in_flight(request, len(hit.block_ids)):
                 held.append(entry)  # keeps its place; requests behind it may go
                 continue
-            num_new = min(request.num_tokens - hit.num_tokens, budget)
+            num_new = min(request.num_tokens - hit.num_tokens, budget, self.config.chunk_limit)
             if not self.kv_cache.allocate(request, num_new, hit):
                 held.append(entry)  # out of blocks: nothing behind it jumps the queue
                 break
@@ -343,8 +358,12 @@ class Scheduler:
             _, _, request = heapq.heappop(self._deadlines)
             if self._requests.get(request.request_id) is not request:
                 continue  # already done
-            progress = (f"after {request.num_computed_tokens} of {request.num_tokens} tokens"
-                        if request.status is RequestStatus.RUNNING else "before it started")
+            if request.status is RequestStatus.RUNNING:
+                progress = f"after {request.num_computed_tokens} of {request.num_tokens} tokens"
+            elif request.num_preemptions:
+                progress = "while requeued after a preemption"
+            else:
+                progress = "before it started"
             self._drop(request, RequestTimeoutError(
                 f"request {request.request_id!r} passed its deadline {progress}"))
             self._stats["failed"] += 1
