@@ -1,0 +1,36 @@
+// Python module kernels._C: the list of exported CPU ops. Arguments are raw
+// pointers and sizes; kernels/_native.py marshals tensors into them. The GIL
+// is released while a kernel runs.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "isa.h"
+#include "ops.h"
+
+namespace py = pybind11;
+namespace cpu = reward_engine::cpu;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "reward-engine CPU kernels (raw-pointer interface; use the kernels package)";
+  using release = py::call_guard<py::gil_scoped_release>;
+
+  m.def("rms_norm", &cpu::rms_norm, release(), py::arg("out"), py::arg("x"), py::arg("weight"),
+        py::arg("rows"), py::arg("hidden"), py::arg("out_stride"), py::arg("x_stride"),
+        py::arg("eps"), py::arg("dtype"), py::arg("num_threads"));
+  m.def("fused_add_rms_norm", &cpu::fused_add_rms_norm, release(), py::arg("out"), py::arg("x"),
+        py::arg("residual"), py::arg("weight"), py::arg("rows"), py::arg("hidden"),
+        py::arg("out_stride"), py::arg("x_stride"), py::arg("residual_stride"), py::arg("eps"),
+        py::arg("dtype"), py::arg("num_threads"));
+  m.def("rope", &cpu::rope, release(), py::arg("q"), py::arg("q_token_stride"),
+        py::arg("q_head_stride"), py::arg("num_q_heads"), py::arg("k"), py::arg("k_token_stride"),
+        py::arg("k_head_stride"), py::arg("num_kv_heads"), py::arg("positions"),
+        py::arg("positions_int64"), py::arg("cos_sin_cache"), py::arg("max_position"),
+        py::arg("num_tokens"), py::arg("head_dim"), py::arg("dtype"), py::arg("num_threads"));
+  m.def("silu_mul", &cpu::silu_mul, release(), py::arg("out"), py::arg("x"), py::arg("rows"),
+        py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"), py::arg("dtype"),
+        py::arg("num_threads"));
+
+  m.def("best_isa", [] { return cpu::isa_name(cpu::best_isa()); });
+  m.def("active_isa", [] { return cpu::isa_name(cpu::active_isa()); });
+  m.def("supported_isas", &cpu::supported_isas);
+}

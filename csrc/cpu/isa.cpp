@@ -1,0 +1,75 @@
+#include "isa.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace reward_engine::cpu {
+namespace {
+
+Isa detect() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
+    return Isa::kAvx2;
+  }
+#endif
+  return Isa::kScalar;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa best = detect();
+  return best;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+Isa active_isa() {
+  const Isa best = best_isa();
+  const char* forced = std::getenv("REWARD_ENGINE_CPU_ISA");
+  if (forced == nullptr || forced[0] == '\0') return best;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (std::strcmp(forced, isa_name(isa)) == 0) return isa < best ? isa : best;
+  }
+  throw std::invalid_argument(std::string("REWARD_ENGINE_CPU_ISA='") + forced +
+                              "' is not one of scalar, avx2, avx512");
+}
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (isa <= best_isa()) names.emplace_back(isa_name(isa));
+  }
+  return names;
+}
+
+const KernelTable& active_kernels() {
+  switch (active_isa()) {
+    case Isa::kAvx512:
+      return avx512_kernels();
+    case Isa::kAvx2:
+      return avx2_kernels();
+    default:
+      return scalar_kernels();
+  }
+}
+
+}  // namespace reward_engine::cpu

@@ -1,0 +1,63 @@
+// Plain argument records passed from the launchers to the ISA-specific kernels.
+// Pointers are untyped; the launcher picks the kernel instantiation whose
+// element type matches the dtype code. Strides are in elements.
+#pragma once
+
+#include <cstdint>
+
+namespace reward_engine::cpu {
+
+struct NormArgs {
+  const void* x;
+  int64_t x_stride;
+  void* residual;  // fused_add_rms_norm only: read, then overwritten with x + residual
+  int64_t residual_stride;
+  const void* weight;
+  void* out;
+  int64_t out_stride;
+  int64_t hidden;
+  float eps;
+};
+
+struct RopeArgs {
+  void* q;
+  int64_t q_token_stride;
+  int64_t q_head_stride;
+  int64_t num_q_heads;
+  void* k;
+  int64_t k_token_stride;
+  int64_t k_head_stride;
+  int64_t num_kv_heads;
+  const void* positions;  // int32 or int64, one per token
+  bool positions_int64;
+  const float* cos_sin_cache;  // [max_position, head_dim]: cos half, then sin half
+  int64_t head_dim;
+};
+
+struct SiluMulArgs {
+  const void* x;  // [rows, 2 * inter]: gate, then up
+  int64_t x_stride;
+  void* out;  // [rows, inter]
+  int64_t out_stride;
+  int64_t inter;
+};
+
+// A kernel processes rows (or tokens) [begin, end); launchers split the range
+// across threads.
+using NormRowsFn = void (*)(const NormArgs&, int64_t begin, int64_t end);
+using RopeRowsFn = void (*)(const RopeArgs&, int64_t begin, int64_t end);
+using SiluMulRowsFn = void (*)(const SiluMulArgs&, int64_t begin, int64_t end);
+
+// One instantiation of every kernel for one ISA, indexed by DTypeCode.
+struct KernelTable {
+  NormRowsFn rms_norm[3];
+  NormRowsFn fused_add_rms_norm[3];
+  RopeRowsFn rope[3];
+  SiluMulRowsFn silu_mul[3];
+};
+
+const KernelTable& scalar_kernels();
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+
+}  // namespace reward_engine::cpu

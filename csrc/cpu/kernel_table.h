@@ -1,0 +1,26 @@
+// Builds the KernelTable for one vector type. Included only by the per-ISA
+// translation units kernels_<isa>.cpp, each compiled with its own -m flags.
+#pragma once
+
+#include "activation_kernels.h"
+#include "kernel_args.h"
+#include "norm_kernels.h"
+#include "rope_kernels.h"
+
+namespace reward_engine::cpu {
+namespace {
+
+// Entries are indexed by DTypeCode: float32, bfloat16, float16.
+template <class V>
+constexpr KernelTable make_kernel_table() {
+  return KernelTable{
+      {&rms_norm_rows<V, float>, &rms_norm_rows<V, bf16>, &rms_norm_rows<V, fp16>},
+      {&fused_add_rms_norm_rows<V, float>, &fused_add_rms_norm_rows<V, bf16>,
+       &fused_add_rms_norm_rows<V, fp16>},
+      {&rope_rows<V, float>, &rope_rows<V, bf16>, &rope_rows<V, fp16>},
+      {&silu_mul_rows<V, float>, &silu_mul_rows<V, bf16>, &silu_mul_rows<V, fp16>},
+  };
+}
+
+}  // namespace
+}  // namespace reward_engine::cpu

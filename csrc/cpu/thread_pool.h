@@ -1,0 +1,27 @@
+// A small persistent thread pool for the CPU kernels.
+//
+// The extension does not link OpenMP: torch's CPU wheel ships its own libgomp,
+// and a second OpenMP runtime in the process oversubscribes the cores. Instead
+// the Python wrapper passes torch.get_num_threads() with every call and the
+// pool runs at most that many threads (the calling thread included).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace reward_engine::cpu {
+
+using RangeFn = std::function<void(int64_t begin, int64_t end)>;
+
+// Splits [0, n) into up to num_threads contiguous chunks and runs fn on each,
+// the caller taking the first chunk. Runs inline when num_threads <= 1, when
+// called from inside a pool worker, or when another thread is using the pool.
+// Rethrows the first exception a chunk threw.
+void parallel_for(int64_t n, int num_threads, const RangeFn& fn);
+
+// How many threads to use for `bytes` of memory traffic spread over `rows`
+// rows: one per kMinBytesPerThread, at most max_threads and at most rows.
+// Below that size waking a thread costs more than it saves.
+int threads_for(int64_t bytes, int64_t rows, int max_threads);
+
+}  // namespace reward_engine::cpu

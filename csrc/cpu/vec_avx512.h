@@ -1,0 +1,102 @@
+// 16 x fp32 lanes with AVX-512 F/BW/VL/DQ. Only include from a translation unit
+// compiled with the AVX-512 flags (kernels_avx512.cpp).
+//
+// bf16 rounding is done with integer ops rather than VCVTNEPS2BF16: that
+// instruction flushes subnormal inputs to zero, and we want results
+// bit-identical to torch's conversion.
+#pragma once
+
+#include <immintrin.h>
+
+#include "dtype.h"
+
+namespace reward_engine::cpu {
+namespace {  // internal linkage: see dtype.h
+
+struct VecAVX512 {
+  static constexpr int W = 16;
+  using F = __m512;
+
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(F a) { return _mm512_reduce_add_ps(a); }
+
+  // Same method and constants as VecAVX2::exp.
+  static F exp(F x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
+    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+    F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    F r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    F p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+  }
+
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F load(const bf16* p) {
+    return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load(const fp16* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  // First n (< W) lanes from p, the rest zero; masked, so nothing past p + n is read.
+  static F load(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static F load(const bf16* p, int n) { return widen_bf16(_mm256_maskz_loadu_epi16(mask(n), p)); }
+  static F load(const fp16* p, int n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void store(bf16* p, F v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+  }
+  static void store(fp16* p, F v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_fp16(v));
+  }
+  static void store(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static void store(bf16* p, F v, int n) {
+    _mm512_mask_cvtepi32_storeu_epi16(p, mask(n), bf16_bits(v));
+  }
+  static void store(fp16* p, F v, int n) { _mm256_mask_storeu_epi16(p, mask(n), to_fp16(v)); }
+
+  static F round(F v, Tag<float>) { return v; }
+  static F round(F v, Tag<bf16>) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
+  }
+  static F round(F v, Tag<fp16>) { return _mm512_cvtph_ps(to_fp16(v)); }
+
+ private:
+  static __mmask16 mask(int n) { return __mmask16((1u << n) - 1u); }
+  static F widen_bf16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static __m256i to_fp16(F v) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // Same rule as float_to_bf16 in dtype.h, 16 lanes at a time.
+  static __m512i bf16_bits(F v) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7fc0));
+  }
+};
+
+}  // namespace
+}  // namespace reward_engine::cpu

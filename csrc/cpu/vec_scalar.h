@@ -1,0 +1,46 @@
+// One-lane "vector" for the portable fallback: plain C++ that any x86-64 (or
+// other) compiler accepts. Same interface as VecAVX2 / VecAVX512 so the
+// kernels in *_kernels.h are written once.
+#pragma once
+
+#include <math.h>
+
+#include "dtype.h"
+
+namespace reward_engine::cpu {
+namespace {  // internal linkage: see dtype.h
+
+struct VecScalar {
+  static constexpr int W = 1;
+  using F = float;
+
+  static F zero() { return 0.0f; }
+  static F set1(float v) { return v; }
+  static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
+  static F mul(F a, F b) { return a * b; }
+  static F div(F a, F b) { return a / b; }
+  static F fmadd(F a, F b, F c) { return a * b + c; }
+  static float sum(F a) { return a; }
+  static F exp(F a) { return expf(a); }
+
+  static F load(const float* p) { return *p; }
+  static F load(const bf16* p) { return bf16_to_float(p->bits); }
+  static F load(const fp16* p) { return fp16_to_float(p->bits); }
+  template <class T>
+  static F load(const T* p, int) { return load(p); }
+
+  static void store(float* p, F v) { *p = v; }
+  static void store(bf16* p, F v) { p->bits = float_to_bf16(v); }
+  static void store(fp16* p, F v) { p->bits = float_to_fp16(v); }
+  template <class T>
+  static void store(T* p, F v, int) { store(p, v); }
+
+  // The fp32 value nearest to v that T can hold (rounding to nearest even).
+  static F round(F v, Tag<float>) { return v; }
+  static F round(F v, Tag<bf16>) { return bf16_to_float(float_to_bf16(v)); }
+  static F round(F v, Tag<fp16>) { return fp16_to_float(float_to_fp16(v)); }
+};
+
+}  // namespace
+}  // namespace reward_engine::cpu

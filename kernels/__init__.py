@@ -1,0 +1,32 @@
+"""reward-engine kernels: one entry point per op, several backends.
+
+Backends: `reference` (plain PyTorch, the specification), `cpu` (C++ in csrc/cpu,
+module kernels._C), `cuda` (CUDA C++ in csrc/cuda, module kernels._C_cuda). Dispatch
+rules, environment variables and tolerances are in kernels/README.md.
+"""
+
+from .activation import silu_mul
+from .attention import varlen_causal_attention
+from .backend import BACKENDS, BackendUnavailableError
+from .backend import available_backends as _available_backends
+from .norm import fused_add_rms_norm, rms_norm
+from .rope import compute_cos_sin_cache, rope
+
+
+def available_backends() -> list[str]:
+    """Backends that load on this machine: always "reference", plus "cpu" when
+    kernels._C is built and "cuda" when kernels._C_cuda is built and a GPU is visible."""
+    return _available_backends()
+
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "compute_cos_sin_cache",
+    "fused_add_rms_norm",
+    "rms_norm",
+    "rope",
+    "silu_mul",
+    "varlen_causal_attention",
+]

@@ -1,0 +1,112 @@
+"""Backend dispatch shared by every op.
+
+Rules (also in kernels/README.md):
+1. A backend named by the `backend=` argument wins, then the environment variable
+   REWARD_ENGINE_KERNEL_BACKEND; a forced backend that cannot run the op on the
+   given device raises BackendUnavailableError saying what to do.
+2. Otherwise CPU tensors use `cpu` (kernels._C) and CUDA tensors use `cuda`
+   (kernels._C_cuda) when the module is built and has the op; anything else uses
+   `reference`, and the fallback is logged at DEBUG with its reason.
+3. The first time an (op, device type) pair picks a backend, an INFO line says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+from . import _native
+
+logger = logging.getLogger("kernels")
+
+ENV_VAR = "REWARD_ENGINE_KERNEL_BACKEND"
+BACKENDS = ("reference", "cpu", "cuda")
+_BUILD_HINT = (
+    "build the extension with `pip install --no-build-isolation -e .` "
+    "(or `python setup.py build_ext --inplace`) from the repository root"
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run this op on this device."""
+
+
+class Op:
+    """One op's implementations, keyed by backend name.
+
+    `native` is the symbol the compiled modules export for this op; the `cpu` and
+    `cuda` implementations count as available only when that symbol exists.
+    """
+
+    def __init__(self, name: str, impls: dict[str, Callable], native: str | None = None):
+        unknown = set(impls) - set(BACKENDS)
+        if unknown or "reference" not in impls:
+            raise ValueError(f"{name}: impls must include 'reference' and only {BACKENDS}")
+        self.name = name
+        self.impls = impls
+        self.native = native or name
+        self._announced: set[tuple[str, str]] = set()
+
+    def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
+        """None when `backend` can run this op on `device`, else why not."""
+        if backend not in BACKENDS:
+            return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        if backend == "reference":
+            return None
+        if backend not in self.impls:
+            return f"the {backend} backend has no {self.name} kernel"
+        if device.type != backend:
+            return f"the {backend} backend runs on {backend} tensors, got {device.type} tensors"
+        module_name = "_C" if backend == "cpu" else "_C_cuda"
+        module = _native.cpu_module() if backend == "cpu" else _native.cuda_module()
+        if module is None:
+            return (
+                f"kernels.{module_name} is not importable "
+                f"({_native.import_error(module_name)}); {_BUILD_HINT}"
+            )
+        if not hasattr(module, self.native):
+            return f"kernels.{module_name} has no {self.native!r}; rebuild it ({_BUILD_HINT})"
+        return None
+
+    def select(self, device: torch.device, backend: str | None = None) -> Callable:
+        """The implementation to run on `device` under the rules in the module docstring."""
+        forced, source = backend, "backend= argument"
+        if forced is None and os.environ.get(ENV_VAR):
+            forced, source = os.environ[ENV_VAR], ENV_VAR
+        if forced is not None:
+            reason = self.unavailable_reason(forced, device)
+            if reason is not None:
+                raise BackendUnavailableError(
+                    f"{self.name}: backend {forced!r} was forced by {source} but cannot run: "
+                    f"{reason}. Use another backend or unset {ENV_VAR}."
+                )
+            chosen = forced
+        else:
+            chosen = "reference"
+            if device.type in ("cpu", "cuda"):
+                reason = self.unavailable_reason(device.type, device)
+                if reason is None:
+                    chosen = device.type
+                else:
+                    logger.debug("%s on %s falls back to reference: %s", self.name, device, reason)
+        key = (device.type, chosen)
+        if key not in self._announced:
+            self._announced.add(key)
+            logger.info("%s on %s tensors uses the %s backend", self.name, device.type, chosen)
+        return self.impls[chosen]
+
+
+def available_backends(op: Op | None = None, device: torch.device | str | None = None) -> list[str]:
+    """Backends usable here: for one op and device when given, else any backend that loads."""
+    if op is not None and device is not None:
+        device = torch.device(device)
+        return [b for b in BACKENDS if op.unavailable_reason(b, device) is None]
+    names = ["reference"]
+    if _native.cpu_module() is not None:
+        names.append("cpu")
+    if _native.cuda_module() is not None and torch.cuda.is_available():
+        names.append("cuda")
+    return names

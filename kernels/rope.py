@@ -1,0 +1,177 @@
+"""Rotary position embedding (HF Llama rotate-half convention) and its cos/sin cache.
+
+`compute_cos_sin_cache` reproduces the frequencies of HF transformers'
+LlamaRotaryEmbedding (modeling_rope_utils.py: default, linear and llama3 rope types);
+`rope` rotates q and k in place from that cache by token position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _native
+from ._checks import check_dtype, check_same
+from .backend import Op
+
+# ----------------------------------------------------------------------------- cos/sin cache
+
+
+def _inv_freq(
+    head_dim: int, rope_theta: float, rope_scaling: dict | None
+) -> tuple[torch.Tensor, float]:
+    """(inv_freq [head_dim/2] fp32, attention_scaling), the same tensor ops as HF.
+
+    - default: inv_freq = 1 / theta^(arange(0, D, 2) / D)  (arange as int64 -> fp32)
+    - linear:  inv_freq / factor
+    - llama3 (Llama-3.1, `_compute_llama3_parameters`): with wavelen = 2 pi / inv_freq,
+      low_wl = original_max / low_freq_factor, high_wl = original_max / high_freq_factor:
+        wavelen > low_wl           -> inv_freq / factor
+        high_wl <= wavelen <= low_wl -> (1 - smooth) * inv_freq / factor + smooth * inv_freq,
+                                      smooth = (original_max / wavelen - low) / (high - low)
+        otherwise                  -> inv_freq
+    All three have attention_scaling 1.0 in HF.
+    """
+    scaling = dict(rope_scaling or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("compute_cos_sin_cache: partial_rotary_factor != 1 is not supported")
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim
+    inv_freq = 1.0 / (rope_theta**exponent)
+    if rope_type == "default":
+        return inv_freq, 1.0
+    if rope_type == "linear":
+        return inv_freq / scaling["factor"], 1.0
+    if rope_type != "llama3":
+        raise ValueError(
+            f"compute_cos_sin_cache: rope_type {rope_type!r} is not supported "
+            "(supported: default, linear, llama3)"
+        )
+    factor = scaling["factor"]
+    low_freq_factor = scaling["low_freq_factor"]
+    high_freq_factor = scaling["high_freq_factor"]
+    old_context_len = scaling["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, inv_freq_llama), 1.0
+
+
+def compute_cos_sin_cache(
+    head_dim: int,
+    max_position: int,
+    rope_theta: float,
+    rope_scaling: dict | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """fp32 [max_position, head_dim]: row p = cat(cos(p * inv_freq), sin(p * inv_freq)).
+
+    As in HF's LlamaRotaryEmbedding.forward: freqs = float(p) * inv_freq in fp32, then
+    cos and sin in fp32 (times attention_scaling when a rope type defines one != 1).
+    `rope_scaling` is the config's dict (keys `rope_type` or legacy `type`, `factor`, ...).
+    """
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"compute_cos_sin_cache: head_dim must be even and > 0, got {head_dim}")
+    inv_freq, attention_scaling = _inv_freq(head_dim, rope_theta, rope_scaling)
+    positions = torch.arange(max_position, dtype=torch.int64).float()
+    freqs = positions[:, None] * inv_freq[None, :]
+    cos, sin = freqs.cos(), freqs.sin()
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    return torch.cat([cos, sin], dim=-1).to(device or "cpu")
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_reference(q, k, positions, cos_sin_cache):
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; returns (q, k).
+
+    1. c, s = cos_sin_cache[positions] split in halves, each repeated to width D;
+    2. x_rot = x * c + rotate_half(x) * s, with x, c, s in fp32,
+       rotate_half(x) = cat(-x[D/2:], x[:D/2]) (HF `rotate_half`);
+    3. x <- x_rot rounded once to x's dtype.
+    HF's apply_rotary_pos_emb does step 2 in the activation dtype (cos/sin rounded to
+    bf16 and each product rounded); fp32 with one rounding is closer to exact and
+    differs from HF by about one bf16 ulp. In fp32 the two agree.
+    """
+    half = cos_sin_cache.shape[1] // 2
+    rows = cos_sin_cache[positions.long()]
+    cos = rows[:, :half].repeat(1, 2)[:, None, :]
+    sin = rows[:, half:].repeat(1, 2)[:, None, :]
+    for x in (q, k):
+        h = x.float()
+        x.copy_((h * cos + _rotate_half(h) * sin).to(x.dtype))
+    return q, k
+
+
+# ----------------------------------------------------------------------------- cpu
+
+
+def rope_cpu(q, k, positions, cos_sin_cache):
+    _native.cpu_module().rope(
+        q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
+        k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
+        positions.data_ptr(), positions.dtype == torch.int64,
+        cos_sin_cache.data_ptr(), cos_sin_cache.shape[0], q.shape[0], q.shape[2],
+        _native.dtype_code(q), _native.num_threads(),
+    )  # fmt: skip
+    return q, k
+
+
+# ----------------------------------------------------------------------------- public op
+
+ROPE = Op("rope", {"reference": rope_reference, "cpu": rope_cpu})
+
+
+def rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply rotary embedding to q [T, Hq, D] and k [T, Hkv, D] in place; returns (q, k).
+
+    q and k may be strided views into a fused qkv tensor [T, (Hq + 2 Hkv) * D]: any
+    token and head strides work as long as the last dim is contiguous. positions is
+    int32 or int64 [T]; cos_sin_cache is compute_cos_sin_cache(...) [max_pos, D] fp32.
+    """
+    check_dtype("rope", "q", q)
+    check_same("rope", "q", q, k=k)
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"rope: expected q [T, Hq, D] and k [T, Hkv, D]; got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
+    if q.shape[2] % 2 or (q.stride(2) != 1 and q.numel()) or (k.stride(2) != 1 and k.numel()):
+        raise ValueError("rope: head_dim must be even and the last dim of q and k contiguous")
+    if positions.dtype not in (torch.int32, torch.int64) or positions.shape != (q.shape[0],):
+        raise ValueError(
+            f"rope: positions must be int32/int64 [{q.shape[0]}]; "
+            f"got {positions.dtype} {tuple(positions.shape)}"
+        )
+    if (
+        cos_sin_cache.dtype != torch.float32
+        or cos_sin_cache.dim() != 2
+        or (cos_sin_cache.shape[1] != q.shape[2])
+    ):
+        raise ValueError(
+            f"rope: cos_sin_cache must be float32 [max_pos, {q.shape[2]}]; "
+            f"got {cos_sin_cache.dtype} {tuple(cos_sin_cache.shape)}"
+        )
+    for name, t in (("positions", positions), ("cos_sin_cache", cos_sin_cache)):
+        if t.device != q.device:
+            raise ValueError(f"rope: {name} is on {t.device} but q is on {q.device}")
+    impl = ROPE.select(q.device, backend)
+    return impl(q, k, positions.contiguous(), cos_sin_cache.contiguous())
