@@ -64,6 +64,20 @@ def hash_full_blocks(token_ids: Sequence[int], block_size: int, start: int = 0,
     return hashes
 
 
+def kv_cache_bytes_per_block(block_size: int, num_layers: int, num_kv_heads: int,
+                             head_dim: int, dtype_bytes: int) -> int:
+    """Bytes one block occupies across all layers: a key and a value per slot."""
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype_bytes
+
+
+def num_blocks_for_memory(memory_bytes: int, block_size: int, num_layers: int,
+                          num_kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """How many blocks fit in ``memory_bytes`` (``num_kv_heads`` per device under TP)."""
+    per_block = kv_cache_bytes_per_block(block_size, num_layers, num_kv_heads, head_dim,
+                                         dtype_bytes)
+    return max(0, int(memory_bytes) // per_block)
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixHit:
     """The cached blocks a request can start from, and the tokens they hold."""
@@ -271,7 +285,7 @@ class KVCacheManager:
             "blocks_free": self.num_free_blocks,
             "blocks_hashed": len(self._hash_to_block),
             "block_evictions": self.num_evictions,
-            "usage": self.num_used_blocks / self.num_blocks,
+            "block_usage": self.num_used_blocks / self.num_blocks,
         }
 
     def check_invariants(self) -> None:

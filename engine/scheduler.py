@@ -17,13 +17,15 @@ Prefix-aware admission
 ----------------------
 Requests that share a prompt (the N responses of one prompt) must not all compute
 it in the same step: a cache hit is only possible once a block has been computed
-and registered. So the scheduler tracks the hashes of the full blocks that running
-requests are still going to compute ("in flight"). A waiting request whose first
-block to compute is in flight is held back, keeping its place in the queue, while
+and registered. So the scheduler counts the hashes of the full blocks that running
+requests are still going to compute ("in flight"). A waiting request that would
+compute an in-flight block is held back, keeping its place in the queue, while
 requests behind it may be admitted. Once the owner has computed those blocks they
-are in the cache and the held requests are admitted with a hit. With 8 requests
-sharing a 384-token prompt, step 1 computes the prompt once (with the first
-request) and step 2 computes only the 8 distinct tails.
+are cached and the held requests are admitted with a hit. Sharing is found from
+the chained block hashes, so it needs no group key and also catches shared
+multi-turn histories. With 8 requests sharing a 384-token prompt, step 1 computes
+the prompt once (with the first request) and step 2 only the other 7 responses.
+No block is computed by two requests in one step (a property test checks this).
 
 Running out of blocks
 ---------------------
@@ -84,7 +86,7 @@ class SchedulerConfig:
             value = getattr(self, name)
             if value is None and name == "max_chunk_tokens":
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if type(value) is not int or value < 1:  # bool is an int subclass: excluded
                 raise ValueError(f"SchedulerConfig.{name} must be a positive int, got {value!r}")
 
     @property

@@ -2,7 +2,14 @@
 
 import pytest
 
-from engine.kv_cache import KVCacheManager, PrefixHit, hash_block_tokens, hash_full_blocks
+from engine.kv_cache import (
+    KVCacheManager,
+    PrefixHit,
+    hash_block_tokens,
+    hash_full_blocks,
+    kv_cache_bytes_per_block,
+    num_blocks_for_memory,
+)
 from engine.request import Request
 
 BS = 4  # a small block size keeps the token lists readable
@@ -301,3 +308,11 @@ def test_invalid_pool_sizes():
         KVCacheManager(num_blocks=0)
     with pytest.raises(ValueError):
         KVCacheManager(num_blocks=4, block_size=0)
+
+
+def test_pool_size_from_a_memory_budget():
+    # Llama-3.1-70B: 80 layers, 8 KV heads of 128, bf16: 320 KiB per token, 5 MiB per block.
+    per_block = kv_cache_bytes_per_block(16, 80, 8, 128, 2)
+    assert per_block == 16 * 327_680
+    assert num_blocks_for_memory(10 * 2**30, 16, 80, 8, 128, 2) == 2048
+    assert num_blocks_for_memory(per_block - 1, 16, 80, 8, 128, 2) == 0
