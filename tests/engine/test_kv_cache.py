@@ -59,6 +59,16 @@ def test_block_hash_chains_the_parent():
     assert a[1] == hash_block_tokens(a[0], [9, 9, 9, 9])
 
 
+def test_batched_hashing_matches_block_by_block():
+    tokens = [7 * i % 1000 for i in range(37)]
+    chained, parent = [], b""
+    for b in range(37 // BS):
+        parent = hash_block_tokens(parent, tokens[b * BS:(b + 1) * BS])
+        chained.append(parent)
+    assert hash_full_blocks(tokens, BS) == chained
+    assert hash_full_blocks(tokens, BS, start=3, parent_hash=chained[2]) == chained[3:]
+
+
 def test_only_full_blocks_are_hashed():
     assert len(hash_full_blocks(list(range(11)), BS)) == 2
     assert hash_full_blocks([1, 2, 3], BS) == []
