@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from engine.errors import (
     EngineOverloadedError,
     RequestCancelledError,
+    RequestFailedError,
     RequestTimeoutError,
     RequestTooLongError,
 )
@@ -372,7 +373,7 @@ class Scheduler:
             expired.append(request)
         return expired
 
-    def _drop(self, request: Request, error: Exception) -> None:
+    def _drop(self, request: Request, error: RequestFailedError) -> None:
         if request.status is RequestStatus.RUNNING:
             self._release(request)
         else:
