@@ -1,8 +1,10 @@
 #include "thread_pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -12,32 +14,67 @@
 namespace reward_engine::cpu {
 namespace {
 
-constexpr int64_t kMinBytesPerThread = 64 * 1024;
+constexpr int64_t kMinBytesPerThread = 128 * 1024;
+// Chunks per thread: with dynamic claiming, a late or descheduled worker only
+// delays the chunk it holds, not a fixed share of the rows.
+constexpr int kChunksPerThread = 4;
 
 thread_local bool t_inside_pool = false;
+
+// One parallel_for call. Threads claim chunks with an atomic counter, so the
+// caller never waits for a worker that has not started: torch's OpenMP threads
+// may still be spinning on the other cores right after a torch op, and a worker
+// that cannot get a core simply finds no chunk left when it wakes.
+struct Job {
+  const RangeFn* fn;
+  int64_t n;
+  int64_t num_chunks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int> participants{0};
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  void run_chunks() {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < num_chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      try {
+        const int64_t begin = n * c / num_chunks, end = n * (c + 1) / num_chunks;
+        if (begin < end) (*fn)(begin, end);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+      }
+    }
+  }
+};
 
 class ThreadPool {
  public:
   // Returns false (and does nothing) when the pool is busy with another caller.
-  bool try_run(int64_t n, int num_chunks, const RangeFn& fn) {
+  bool try_run(int64_t n, int num_threads, const RangeFn& fn) {
     std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
     if (!run_lock.owns_lock()) return false;
-    ensure_workers(num_chunks - 1);
+    ensure_workers(num_threads - 1);
+    Job job;
+    job.fn = &fn;
+    job.n = n;
+    job.num_chunks = std::min<int64_t>(n, int64_t(num_threads) * kChunksPerThread);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      fn_ = &fn;
-      n_ = n;
-      num_chunks_ = num_chunks;
-      pending_ = num_chunks - 1;
-      error_ = nullptr;
+      job_ = &job;
+      wanted_ = num_threads - 1;
       ++generation_;
     }
     work_cv_.notify_all();
-    run_chunk(0);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    job.run_chunks();
+    {
+      // Close the job: a worker that wakes from now on finds nothing to join.
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = nullptr;
+    }
+    // Remaining participants are running their last chunk.
+    while (job.participants.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    if (job.error) std::rethrow_exception(job.error);
     return true;
   }
 
@@ -49,44 +86,36 @@ class ThreadPool {
     }
   }
 
-  void run_chunk(int chunk) {
-    const int64_t begin = n_ * chunk / num_chunks_;
-    const int64_t end = n_ * (chunk + 1) / num_chunks_;
-    try {
-      if (begin < end) (*fn_)(begin, end);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!error_) error_ = std::current_exception();
-    }
-  }
-
   void worker_loop(int index) {
     t_inside_pool = true;
     uint64_t seen = 0;
     for (;;) {
+      Job* job = nullptr;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        // Worker i takes chunk i + 1 of a run; workers beyond the run's chunk
-        // count sit it out.
-        work_cv_.wait(lock, [&] { return generation_ != seen && index + 1 < num_chunks_; });
+        work_cv_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
+        // Only the first `wanted_` workers join, so a call never uses more
+        // threads than torch.get_num_threads() allowed.
+        if (job_ != nullptr && index < wanted_) {
+          job = job_;
+          job->participants.fetch_add(1, std::memory_order_relaxed);
+        }
       }
-      run_chunk(index + 1);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (job != nullptr) {
+        job->run_chunks();
+        job->participants.fetch_sub(1, std::memory_order_release);
+      }
     }
   }
 
   std::mutex run_mu_;  // one parallel_for at a time
-  std::mutex mu_;
-  std::condition_variable work_cv_, done_cv_;
+  std::mutex mu_;      // guards job_, wanted_, generation_
+  std::condition_variable work_cv_;
   std::vector<std::thread> workers_;
   uint64_t generation_ = 0;
-  const RangeFn* fn_ = nullptr;
-  int64_t n_ = 0;
-  int num_chunks_ = 0;
-  int pending_ = 0;
-  std::exception_ptr error_;
+  Job* job_ = nullptr;
+  int wanted_ = 0;
 };
 
 // Leaked on purpose: joining blocked workers during interpreter shutdown
@@ -112,8 +141,8 @@ int threads_for(int64_t bytes, int64_t rows, int max_threads) {
 
 void parallel_for(int64_t n, int num_threads, const RangeFn& fn) {
   if (n <= 0) return;
-  const int chunks = int(std::min<int64_t>(std::max(num_threads, 1), n));
-  if (chunks == 1 || t_inside_pool || !pool().try_run(n, chunks, fn)) fn(0, n);
+  const int threads = int(std::min<int64_t>(std::max(num_threads, 1), n));
+  if (threads == 1 || t_inside_pool || !pool().try_run(n, threads, fn)) fn(0, n);
 }
 
 }  // namespace reward_engine::cpu

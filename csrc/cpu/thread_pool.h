@@ -13,10 +13,11 @@ namespace reward_engine::cpu {
 
 using RangeFn = std::function<void(int64_t begin, int64_t end)>;
 
-// Splits [0, n) into up to num_threads contiguous chunks and runs fn on each,
-// the caller taking the first chunk. Runs inline when num_threads <= 1, when
-// called from inside a pool worker, or when another thread is using the pool.
-// Rethrows the first exception a chunk threw.
+// Runs fn over [0, n) split into contiguous chunks that the calling thread and
+// up to num_threads - 1 pool workers claim one at a time; returns when all are
+// done. Runs inline when num_threads <= 1, when called from inside a pool
+// worker, or when another thread is using the pool. Rethrows the first
+// exception a chunk threw.
 void parallel_for(int64_t n, int num_threads, const RangeFn& fn);
 
 // How many threads to use for `bytes` of memory traffic spread over `rows`

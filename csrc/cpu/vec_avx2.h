@@ -29,9 +29,11 @@ struct VecAVX2 {
 
   // exp(x) to about 2 ulp: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial
   // for e^r, then scale by 2^n through the exponent bits. The input is clamped
-  // to [-87, 88] so 2^n stays a normal float; NaN passes through the clamps
-  // (max/min return their second operand when either is NaN).
+  // to [-87, 88] so 2^n stays a normal float (NaN passes through the clamps:
+  // max/min return their second operand when either is NaN); above
+  // ln(FLT_MAX) the result is +inf, as expf gives.
   static F exp(F x) {
+    const F overflow = _mm256_cmp_ps(x, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
     x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
     x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
     F n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -47,7 +49,8 @@ struct VecAVX2 {
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_blendv_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)),
+                            _mm256_set1_ps(__builtin_inff()), overflow);
   }
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }

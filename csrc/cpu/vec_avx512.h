@@ -28,6 +28,8 @@ struct VecAVX512 {
 
   // Same method and constants as VecAVX2::exp.
   static F exp(F x) {
+    const __mmask16 overflow =
+        _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72283935546875f), _CMP_GT_OQ);
     x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
     x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
     F n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -43,7 +45,8 @@ struct VecAVX512 {
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     __m512i e = _mm512_slli_epi32(
         _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_mask_blend_ps(overflow, _mm512_mul_ps(p, _mm512_castsi512_ps(e)),
+                                _mm512_set1_ps(__builtin_inff()));
   }
 
   static F load(const float* p) { return _mm512_loadu_ps(p); }
