@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from . import _native
-from ._checks import check_dtype, rows_view
+from ._checks import check_dtype, check_same, rows_view
 from .backend import Op
 
 
-def silu_mul_reference(x: torch.Tensor) -> torch.Tensor:
+def silu_mul_reference(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """HF LlamaMLP: act_fn(gate_proj(x)) * up_proj(x), with x = cat(gate, up) on the last dim.
 
     1. gate, up = x[..., :I], x[..., I:];
@@ -18,15 +18,16 @@ def silu_mul_reference(x: torch.Tensor) -> torch.Tensor:
     3. y = a * up, rounded to x's dtype.
     """
     gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return F.silu(gate) * up if out is None else torch.mul(F.silu(gate), up, out=out)
 
 
-def silu_mul_cpu(x: torch.Tensor) -> torch.Tensor:
+def silu_mul_cpu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """silu(gate) * up in fp32, rounded once (at most one rounding away from the reference)."""
     inter = x.shape[-1] // 2
-    out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
     x2 = rows_view("silu_mul", "x", x, 2 * inter, writable=False)
-    out2 = out.view(-1, inter)
+    out2 = rows_view("silu_mul", "out", out, inter, writable=True)
     if x2.shape[0]:
         _native.cpu_module().silu_mul(
             out2.data_ptr(), x2.data_ptr(), x2.shape[0], inter, out2.stride(0), x2.stride(0),
@@ -38,9 +39,18 @@ def silu_mul_cpu(x: torch.Tensor) -> torch.Tensor:
 SILU_MUL = Op("silu_mul", {"reference": silu_mul_reference, "cpu": silu_mul_cpu})
 
 
-def silu_mul(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
-    """y = silu(x[..., :I]) * x[..., I:] for x [..., 2I]; returns [..., I] in x's dtype."""
+def silu_mul(
+    x: torch.Tensor, *, out: torch.Tensor | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """y = silu(x[..., :I]) * x[..., I:] for x [..., 2I]; returns [..., I] in x's dtype,
+    written into `out` when given (must not overlap x)."""
     check_dtype("silu_mul", "x", x)
     if x.dim() == 0 or x.shape[-1] == 0 or x.shape[-1] % 2:
         raise ValueError(f"silu_mul: last dim must be 2 * I > 0; got shape {tuple(x.shape)}")
-    return SILU_MUL.select(x.device, backend)(x)
+    if out is not None:
+        check_same("silu_mul", "x", x, out=out)
+        if out.shape != (*x.shape[:-1], x.shape[-1] // 2):
+            raise ValueError(
+                f"silu_mul: out {tuple(out.shape)} must be x's shape with half the last dim"
+            )
+    return SILU_MUL.select(x.device, backend)(x, out)

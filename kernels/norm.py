@@ -16,7 +16,7 @@ from .backend import Op
 # ----------------------------------------------------------------------------- reference
 
 
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, out=None) -> torch.Tensor:
     """HF LlamaRMSNorm.forward (transformers/models/llama/modeling_llama.py), step by step:
 
     1. h = x in fp32;
@@ -28,11 +28,11 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     h = x.to(torch.float32)
     variance = h.pow(2).mean(-1, keepdim=True)
     normed = (h * torch.rsqrt(variance + eps)).to(x.dtype)
-    return weight * normed
+    return weight * normed if out is None else out.copy_(weight * normed)
 
 
 def fused_add_rms_norm_reference(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, out=None
 ) -> torch.Tensor:
     """The residual add of a Llama decoder layer followed by the next RMSNorm:
 
@@ -41,16 +41,22 @@ def fused_add_rms_norm_reference(
     3. y = rms_norm_reference(s, weight, eps) (variance of the rounded s in fp32).
     """
     residual.copy_(x + residual)
-    return rms_norm_reference(residual, weight, eps)
+    return rms_norm_reference(residual, weight, eps, out)
 
 
 # ----------------------------------------------------------------------------- cpu / cuda
 
 
-def _rms_norm_native(module, x, weight, eps, **stream):
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+def _output(op, x, hidden, out):
+    """out as [rows, hidden] (a new tensor when None), and the tensor to return."""
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return rows_view(op, "out", out, hidden, writable=True), out
+
+
+def _rms_norm_native(module, x, weight, eps, out, **stream):
     x2 = rows_view("rms_norm", "x", x, weight.shape[0], writable=False)
-    out2 = out.view(-1, weight.shape[0])
+    out2, out = _output("rms_norm", x, weight.shape[0], out)
     if x2.shape[0]:
         module.rms_norm(
             out2.data_ptr(), x2.data_ptr(), weight.data_ptr(), x2.shape[0], x2.shape[1],
@@ -59,12 +65,11 @@ def _rms_norm_native(module, x, weight, eps, **stream):
     return out
 
 
-def _fused_add_rms_norm_native(module, x, residual, weight, eps, **stream):
+def _fused_add_rms_norm_native(module, x, residual, weight, eps, out, **stream):
     hidden = weight.shape[0]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     x2 = rows_view("fused_add_rms_norm", "x", x, hidden, writable=False)
     r2 = rows_view("fused_add_rms_norm", "residual", residual, hidden, writable=True)
-    out2 = out.view(-1, hidden)
+    out2, out = _output("fused_add_rms_norm", x, hidden, out)
     if x2.shape[0]:
         module.fused_add_rms_norm(
             out2.data_ptr(), x2.data_ptr(), r2.data_ptr(), weight.data_ptr(), x2.shape[0],
@@ -74,27 +79,27 @@ def _fused_add_rms_norm_native(module, x, residual, weight, eps, **stream):
     return out
 
 
-def rms_norm_cpu(x, weight, eps):
-    return _rms_norm_native(_native.cpu_module(), x, weight, eps, num_threads=_native.num_threads())
+def rms_norm_cpu(x, weight, eps, out=None):
+    module, threads = _native.cpu_module(), _native.num_threads()
+    return _rms_norm_native(module, x, weight, eps, out, num_threads=threads)
 
 
-def fused_add_rms_norm_cpu(x, residual, weight, eps):
-    return _fused_add_rms_norm_native(
-        _native.cpu_module(), x, residual, weight, eps, num_threads=_native.num_threads()
-    )
+def fused_add_rms_norm_cpu(x, residual, weight, eps, out=None):
+    module, threads = _native.cpu_module(), _native.num_threads()
+    return _fused_add_rms_norm_native(module, x, residual, weight, eps, out, num_threads=threads)
 
 
-def rms_norm_cuda(x, weight, eps):
+def rms_norm_cuda(x, weight, eps, out=None):
     with torch.cuda.device(x.device):
-        return _rms_norm_native(
-            _native.cuda_module(), x, weight, eps, stream=_native.cuda_stream(x)
-        )
+        stream = _native.cuda_stream(x)
+        return _rms_norm_native(_native.cuda_module(), x, weight, eps, out, stream=stream)
 
 
-def fused_add_rms_norm_cuda(x, residual, weight, eps):
+def fused_add_rms_norm_cuda(x, residual, weight, eps, out=None):
     with torch.cuda.device(x.device):
+        stream = _native.cuda_stream(x)
         return _fused_add_rms_norm_native(
-            _native.cuda_module(), x, residual, weight, eps, stream=_native.cuda_stream(x)
+            _native.cuda_module(), x, residual, weight, eps, out, stream=stream
         )
 
 
@@ -124,16 +129,31 @@ def _check_weight(op: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return weight.contiguous()
 
 
+def _check_out(op: str, x: torch.Tensor, out: torch.Tensor | None) -> None:
+    if out is not None:
+        check_same(op, "x", x, out=out)
+        if out.shape != x.shape:
+            raise ValueError(f"{op}: out {tuple(out.shape)} must match x {tuple(x.shape)}")
+
+
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, *, backend: str | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    out: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """y = RMSNorm(x) * weight over the last dim (HF LlamaRMSNorm numerics).
 
     x [..., H] and weight [H] share a dtype (float32, bfloat16, float16) and device.
-    Returns a new tensor shaped like x.
+    Returns a new tensor shaped like x, or writes into `out` (which may be x itself)
+    and returns it: reusing a buffer skips the page faults of a fresh allocation,
+    which cost as much as the kernel at large sizes on CPU.
     """
     weight = _check_weight("rms_norm", x, weight)
-    return RMS_NORM.select(x.device, backend)(x, weight, eps)
+    _check_out("rms_norm", x, out)
+    return RMS_NORM.select(x.device, backend)(x, weight, eps, out)
 
 
 def fused_add_rms_norm(
@@ -142,12 +162,14 @@ def fused_add_rms_norm(
     weight: torch.Tensor,
     eps: float,
     *,
+    out: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """residual <- x + residual (in place); returns RMSNorm(residual) * weight.
 
     x and residual have the same shape [..., H]; residual must be viewable as
-    [rows, H] with a contiguous last dim (it is written in place).
+    [rows, H] with a contiguous last dim (it is written in place). `out` works as in
+    rms_norm; out=x gives the fully in-place form (x <- normed, residual <- sum).
     """
     weight = _check_weight("fused_add_rms_norm", x, weight)
     check_same("fused_add_rms_norm", "x", x, residual=residual)
@@ -155,4 +177,5 @@ def fused_add_rms_norm(
         raise ValueError(
             f"fused_add_rms_norm: residual {tuple(residual.shape)} must match x {tuple(x.shape)}"
         )
-    return FUSED_ADD_RMS_NORM.select(x.device, backend)(x, residual, weight, eps)
+    _check_out("fused_add_rms_norm", x, out)
+    return FUSED_ADD_RMS_NORM.select(x.device, backend)(x, residual, weight, eps, out)

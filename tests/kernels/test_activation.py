@@ -57,3 +57,11 @@ def test_reference_is_hf_llama_mlp_activation():
 def test_odd_width_is_rejected():
     with pytest.raises(ValueError, match="2 \\* I"):
         kernels.silu_mul(torch.ones(3, 7))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_out_argument(cpu_module, backend):
+    x = make(7, 769, torch.float16)
+    out = torch.empty(7, 769, dtype=torch.float16)
+    assert kernels.silu_mul(x, out=out, backend=backend) is out
+    assert_close(out, silu_mul_reference(x), "silu_mul out=")

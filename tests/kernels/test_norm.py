@@ -172,3 +172,23 @@ def test_unsupported_dtype_and_mismatched_residual():
     with pytest.raises(ValueError, match="updated in place"):
         residual = torch.ones(4, 2).t()  # [2, 4] with a strided last dim
         kernels.fused_add_rms_norm(torch.ones(2, 4), residual, torch.ones(4), EPS, backend="cpu")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_out_argument_reuses_a_buffer_and_may_alias_x(cpu_module, backend):
+    x, residual, weight = make(7, 769, torch.bfloat16)
+    expected_residual = residual.clone()
+    expected = fused_add_rms_norm_reference(x, expected_residual, weight, EPS)
+
+    buffer = torch.empty_like(x)
+    assert kernels.rms_norm(x, weight, EPS, out=buffer, backend=backend) is buffer
+    assert_close(buffer, rms_norm_reference(x, weight, EPS), "rms_norm out=")
+
+    x_inplace = x.clone()  # out=x: x <- normed, residual <- x + residual
+    y = kernels.fused_add_rms_norm(x_inplace, residual, weight, EPS, out=x_inplace, backend=backend)
+    assert y is x_inplace
+    assert_close(y, expected, "fused_add_rms_norm out=x")
+    assert torch.equal(residual, expected_residual)
+
+    with pytest.raises(ValueError, match="out"):
+        kernels.rms_norm(x, weight, EPS, out=torch.empty(7, 768, dtype=torch.bfloat16))
