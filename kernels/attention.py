@@ -50,11 +50,12 @@ def varlen_causal_attention_reference(q, k, v, query_start_loc, key_start_loc, s
 def varlen_causal_attention_sdpa(q, k, v, query_start_loc, key_start_loc, scale):
     """PyTorch's fused SDPA (flash attention on CPU) called once per sequence.
 
-    GQA is handled by folding each query head group into the query length: q heads
-    g*group .. g*group+group-1 all read kv head g, so q viewed as [Hkv, group*q_len, D]
-    needs no repeated K/V. That breaks the row->position map the causal mask relies on,
-    so this folding is used only where no mask is needed (q_len == 1); otherwise
-    enable_gqa lets SDPA broadcast kv heads itself.
+    Inputs are passed as 4-D [1, H, L, D] views: PyTorch's CPU flash kernel only takes
+    4-D inputs and silently falls back to the unfused math path (3x slower) otherwise.
+    For q_len == 1 each query head group is folded into the query length: q heads
+    g*group .. g*group+group-1 all read kv head g, so q viewed as [Hkv, group, D]
+    needs no repeated K/V. That breaks the row->position map a causal mask relies on,
+    so elsewhere enable_gqa lets SDPA broadcast kv heads itself.
     """
     qs, ks = _bounds(query_start_loc), _bounds(key_start_loc)
     num_q_heads, num_kv_heads = q.shape[1], k.shape[1]
@@ -63,13 +64,13 @@ def varlen_causal_attention_sdpa(q, k, v, query_start_loc, key_start_loc, scale)
     for s in range(len(qs) - 1):
         qi, ki, vi = q[qs[s]:qs[s + 1]], k[ks[s]:ks[s + 1]], v[ks[s]:ks[s + 1]]
         q_len, k_len = qi.shape[0], ki.shape[0]
-        kt, vt = ki.transpose(0, 1), vi.transpose(0, 1)  # [Hkv, k_len, D]
+        kt, vt = ki.transpose(0, 1)[None], vi.transpose(0, 1)[None]  # [1, Hkv, k_len, D]
         if q_len == 1:
-            qt = qi.reshape(num_kv_heads, group, qi.shape[-1])
+            qt = qi.reshape(1, num_kv_heads, group, qi.shape[-1])
             o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale)
             out[qs[s]:qs[s + 1]] = o.reshape(1, num_q_heads, -1)
             continue
-        qt = qi.transpose(0, 1)  # [Hq, q_len, D]
+        qt = qi.transpose(0, 1)[None]  # [1, Hq, q_len, D]
         if q_len == k_len:
             o = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=True, scale=scale, enable_gqa=group > 1
@@ -80,7 +81,7 @@ def varlen_causal_attention_sdpa(q, k, v, query_start_loc, key_start_loc, scale)
             o = F.scaled_dot_product_attention(
                 qt, kt, vt, attn_mask=allowed, scale=scale, enable_gqa=group > 1
             )
-        out[qs[s]:qs[s + 1]] = o.transpose(0, 1)
+        out[qs[s]:qs[s + 1]] = o[0].transpose(0, 1)
     return out
 
 
