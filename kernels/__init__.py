@@ -10,7 +10,8 @@ from .attention import varlen_causal_attention
 from .backend import BACKENDS, BackendUnavailableError
 from .backend import available_backends as _available_backends
 from .norm import fused_add_rms_norm, rms_norm
-from .rope import compute_cos_sin_cache, rope
+from .paged_attention import paged_prefill_attention
+from .rope import compute_cos_sin_cache, rope, rope_and_cache
 
 
 def available_backends() -> list[str]:
@@ -25,8 +26,10 @@ __all__ = [
     "available_backends",
     "compute_cos_sin_cache",
     "fused_add_rms_norm",
+    "paged_prefill_attention",
     "rms_norm",
     "rope",
+    "rope_and_cache",
     "silu_mul",
     "varlen_causal_attention",
 ]

@@ -134,20 +134,45 @@ def rope_cpu(q, k, positions, cos_sin_cache):
 ROPE = Op("rope", {"reference": rope_reference, "cpu": rope_cpu})
 
 
-def rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    *,
-    backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply rotary embedding to q [T, Hq, D] and k [T, Hkv, D] in place; returns (q, k).
+# ----------------------------------------------------------------------------- rope + KV-cache write
 
-    q and k may be strided views into a fused qkv tensor [T, (Hq + 2 Hkv) * D]: any
-    token and head strides work as long as the last dim is contiguous. positions is
-    int32 or int64 [T]; cos_sin_cache is compute_cos_sin_cache(...) [max_pos, D] fp32.
+
+def rope_and_cache_reference(
+    q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
+):
+    """1. rope_reference(q, k, positions, cos_sin_cache) in place;
+    2. for every token t with slot_mapping[t] >= 0, write the rotated k[t] and v[t] to
+       key_cache / value_cache at slot = block * block_size + offset (the cache viewed
+       as [num_blocks * block_size, Hkv, D]); negative slots (padding) are skipped.
     """
+    rope_reference(q, k, positions, cos_sin_cache)
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid].long()
+    key_cache.view(-1, *key_cache.shape[2:])[slots] = k[valid]
+    value_cache.view(-1, *value_cache.shape[2:])[slots] = v[valid]
+    return q, k
+
+
+def rope_and_cache_cpu(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
+    _native.cpu_module().rope_and_cache(
+        q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
+        k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
+        v.data_ptr(), v.stride(0), v.stride(1),
+        positions.data_ptr(), positions.dtype == torch.int64,
+        cos_sin_cache.data_ptr(), cos_sin_cache.shape[0],
+        key_cache.data_ptr(), value_cache.data_ptr(), key_cache.shape[0] * key_cache.shape[1],
+        slot_mapping.data_ptr(), slot_mapping.dtype == torch.int64,
+        q.shape[0], q.shape[2], _native.dtype_code(q), _native.num_threads(),
+    )  # fmt: skip
+    return q, k
+
+
+ROPE_AND_CACHE = Op(
+    "rope_and_cache", {"reference": rope_and_cache_reference, "cpu": rope_and_cache_cpu}
+)
+
+
+def _check_rope_args(q, k, positions, cos_sin_cache) -> None:
     check_dtype("rope", "q", q)
     check_same("rope", "q", q, k=k)
     if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
@@ -173,5 +198,67 @@ def rope(
     for name, t in (("positions", positions), ("cos_sin_cache", cos_sin_cache)):
         if t.device != q.device:
             raise ValueError(f"rope: {name} is on {t.device} but q is on {q.device}")
+
+
+def rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply rotary embedding to q [T, Hq, D] and k [T, Hkv, D] in place; returns (q, k).
+
+    q and k may be strided views into a fused qkv tensor [T, (Hq + 2 Hkv) * D]: any
+    token and head strides work as long as the last dim is contiguous. positions is
+    int32 or int64 [T]; cos_sin_cache is compute_cos_sin_cache(...) [max_pos, D] fp32.
+    """
+    _check_rope_args(q, k, positions, cos_sin_cache)
     impl = ROPE.select(q.device, backend)
     return impl(q, k, positions.contiguous(), cos_sin_cache.contiguous())
+
+
+def rope_and_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rope(q, k, ...) in place, then k (rotated) and v [T, Hkv, D] written to the paged
+    caches [num_blocks, block_size, Hkv, D] (contiguous) at slot_mapping[t] (int32/int64,
+    block * block_size + offset; negative = skip). Returns (q, k)."""
+    op = "rope_and_cache"
+    _check_rope_args(q, k, positions, cos_sin_cache)
+    check_same(op, "q", q, v=v, key_cache=key_cache, value_cache=value_cache)
+    if v.shape != k.shape or (v.stride(-1) != 1 and v.numel()):
+        raise ValueError(
+            f"{op}: v {tuple(v.shape)} must match k {tuple(k.shape)}, last dim contiguous"
+        )
+    if (
+        key_cache.dim() != 4
+        or value_cache.shape != key_cache.shape
+        or (key_cache.shape[2:] != k.shape[1:])
+    ):
+        raise ValueError(
+            f"{op}: caches must be [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}]; got "
+            f"{tuple(key_cache.shape)} and {tuple(value_cache.shape)}"
+        )
+    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
+        raise ValueError(f"{op}: key_cache and value_cache must be contiguous")
+    if slot_mapping.dtype not in (torch.int32, torch.int64) or slot_mapping.shape != (q.shape[0],):
+        raise ValueError(
+            f"{op}: slot_mapping must be int32/int64 [{q.shape[0]}]; "
+            f"got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
+        )
+    impl = ROPE_AND_CACHE.select(q.device, backend)
+    return impl(
+        q, k, v, positions.contiguous(), cos_sin_cache.contiguous(), key_cache, value_cache,
+        slot_mapping.contiguous(),
+    )  # fmt: skip

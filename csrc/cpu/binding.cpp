@@ -30,6 +30,23 @@ PYBIND11_MODULE(_C, m) {
         py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"), py::arg("dtype"),
         py::arg("num_threads"));
 
+  m.def("rope_and_cache", &cpu::rope_and_cache, release(), py::arg("q"), py::arg("q_token_stride"),
+        py::arg("q_head_stride"), py::arg("num_q_heads"), py::arg("k"), py::arg("k_token_stride"),
+        py::arg("k_head_stride"), py::arg("num_kv_heads"), py::arg("v"), py::arg("v_token_stride"),
+        py::arg("v_head_stride"), py::arg("positions"), py::arg("positions_int64"),
+        py::arg("cos_sin_cache"), py::arg("max_position"), py::arg("key_cache"),
+        py::arg("value_cache"), py::arg("num_slots"), py::arg("slot_mapping"),
+        py::arg("slots_int64"), py::arg("num_tokens"), py::arg("head_dim"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("paged_prefill_attention", &cpu::paged_prefill_attention, release(), py::arg("out"),
+        py::arg("out_token_stride"), py::arg("out_head_stride"), py::arg("q"),
+        py::arg("q_token_stride"), py::arg("q_head_stride"), py::arg("num_tokens"),
+        py::arg("num_q_heads"), py::arg("key_cache"), py::arg("value_cache"),
+        py::arg("num_blocks"), py::arg("block_size"), py::arg("num_kv_heads"),
+        py::arg("head_dim"), py::arg("block_tables"), py::arg("num_seqs"),
+        py::arg("max_blocks_per_seq"), py::arg("query_start_loc"), py::arg("context_lens"),
+        py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
+
   m.def("best_isa", [] { return cpu::isa_name(cpu::best_isa()); });
   m.def("active_isa", [] { return cpu::isa_name(cpu::active_isa()); });
   m.def("supported_isas", &cpu::supported_isas);

@@ -82,4 +82,12 @@ static inline uint16_t float_to_fp16(float f) {
   return sign | uint16_t((a - (112u << 23)) >> 13);
 }
 
+// Scalar load/store of any element type as fp32 (same rounding as above).
+static inline float to_float(float v) { return v; }
+static inline float to_float(bf16 v) { return bf16_to_float(v.bits); }
+static inline float to_float(fp16 v) { return fp16_to_float(v.bits); }
+static inline void store_float(float* p, float v) { *p = v; }
+static inline void store_float(bf16* p, float v) { p->bits = float_to_bf16(v); }
+static inline void store_float(fp16* p, float v) { p->bits = float_to_fp16(v); }
+
 }  // namespace reward_engine

@@ -42,11 +42,45 @@ struct SiluMulArgs {
   int64_t inter;
 };
 
+// Paged KV cache: key_cache/value_cache [num_blocks, block_size, num_kv_heads,
+// head_dim], contiguous; token j of a sequence lives in block
+// block_tables[seq][j / block_size] at offset j % block_size.
+struct AttentionArgs {
+  const void* q;  // [tokens, num_q_heads, head_dim], last dim contiguous
+  int64_t q_token_stride;
+  int64_t q_head_stride;
+  const void* key_cache;
+  const void* value_cache;
+  int64_t block_size;
+  int64_t num_q_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  const int32_t* block_tables;  // [num_seqs, block_table_stride]
+  int64_t block_table_stride;
+  void* out;  // [tokens, num_q_heads, head_dim]
+  int64_t out_token_stride;
+  int64_t out_head_stride;
+  float scale;
+  int64_t tokens_per_unit;  // the most new tokens any AttentionUnit holds
+};
+
+// Queries [token_begin, token_end) (global token indices) of one sequence, for the
+// q heads of one KV head; token_begin sits at absolute position first_pos.
+struct AttentionUnit {
+  int64_t seq;
+  int64_t kv_head;
+  int64_t token_begin;
+  int64_t token_end;
+  int64_t first_pos;
+};
+
 // A kernel processes rows (or tokens) [begin, end); launchers split the range
 // across threads.
 using NormRowsFn = void (*)(const NormArgs&, int64_t begin, int64_t end);
 using RopeRowsFn = void (*)(const RopeArgs&, int64_t begin, int64_t end);
 using SiluMulRowsFn = void (*)(const SiluMulArgs&, int64_t begin, int64_t end);
+using AttentionFn = void (*)(const AttentionArgs&, const AttentionUnit* units, int64_t begin,
+                             int64_t end);
 
 // One instantiation of every kernel for one ISA, indexed by DTypeCode.
 struct KernelTable {
@@ -54,6 +88,7 @@ struct KernelTable {
   NormRowsFn fused_add_rms_norm[3];
   RopeRowsFn rope[3];
   SiluMulRowsFn silu_mul[3];
+  AttentionFn paged_attention[3];
 };
 
 const KernelTable& scalar_kernels();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "activation_kernels.h"
+#include "attention_kernels.h"
 #include "kernel_args.h"
 #include "norm_kernels.h"
 #include "rope_kernels.h"
@@ -19,6 +20,8 @@ constexpr KernelTable make_kernel_table() {
        &fused_add_rms_norm_rows<V, fp16>},
       {&rope_rows<V, float>, &rope_rows<V, bf16>, &rope_rows<V, fp16>},
       {&silu_mul_rows<V, float>, &silu_mul_rows<V, bf16>, &silu_mul_rows<V, fp16>},
+      {&paged_attention_units<V, float>, &paged_attention_units<V, bf16>,
+       &paged_attention_units<V, fp16>},
   };
 }
 

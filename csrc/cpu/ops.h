@@ -31,4 +31,30 @@ void rope(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride, int64_t nu
 void silu_mul(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t out_stride,
               int64_t x_stride, int dtype, int num_threads);
 
+// rope(...) on q and k, then k (rotated) and v [tokens, kv_heads, head_dim] are
+// written to key_cache / value_cache [num_blocks, block_size, kv_heads, head_dim]
+// (contiguous) at slot_mapping[t] = block * block_size + offset; negative slots
+// are skipped. Every slot is checked before anything is written.
+void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
+                    int64_t num_q_heads, uintptr_t k, int64_t k_token_stride,
+                    int64_t k_head_stride, int64_t num_kv_heads, uintptr_t v,
+                    int64_t v_token_stride, int64_t v_head_stride, uintptr_t positions,
+                    bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
+                    uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
+                    uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
+                    int64_t head_dim, int dtype, int num_threads);
+
+// Causal attention of the packed new tokens of num_seqs sequences over their
+// paged KV cache. Sequence s owns q rows [query_start_loc[s], query_start_loc[s+1])
+// (int64), has context_lens[s] (int64) tokens in the cache including the new
+// ones, which sit at absolute positions context_len - query_len .. context_len - 1.
+void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t out_head_stride,
+                             uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
+                             int64_t num_tokens, int64_t num_q_heads, uintptr_t key_cache,
+                             uintptr_t value_cache, int64_t num_blocks, int64_t block_size,
+                             int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
+                             int64_t num_seqs, int64_t max_blocks_per_seq,
+                             uintptr_t query_start_loc, uintptr_t context_lens, double scale,
+                             int dtype, int num_threads);
+
 }  // namespace reward_engine::cpu

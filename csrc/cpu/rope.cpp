@@ -1,4 +1,5 @@
 // Launcher for rope (kernel in rope_kernels.h).
+#include <cstring>
 #include <string>
 
 #include "check.h"
@@ -48,6 +49,58 @@ void rope(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride, int64_t nu
   const int64_t bytes = num_tokens * (num_q_heads + num_kv_heads) * head_dim * element_size(dtype) * 2;
   parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads),
                [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+}
+
+}  // namespace reward_engine::cpu
+
+namespace reward_engine::cpu {
+
+void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
+                    int64_t num_q_heads, uintptr_t k, int64_t k_token_stride,
+                    int64_t k_head_stride, int64_t num_kv_heads, uintptr_t v,
+                    int64_t v_token_stride, int64_t v_head_stride, uintptr_t positions,
+                    bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
+                    uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
+                    uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
+                    int64_t head_dim, int dtype, int num_threads) {
+  check_dtype(dtype, "rope_and_cache");
+  if (num_tokens <= 0) return;
+  check(v != 0 && key_cache != 0 && value_cache != 0 && slot_mapping != 0,
+        "rope_and_cache: null pointer");
+  auto slot_of = [&](int64_t t) {
+    return slots_int64 ? reinterpret_cast<const int64_t*>(slot_mapping)[t]
+                       : int64_t(reinterpret_cast<const int32_t*>(slot_mapping)[t]);
+  };
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    if (slot_of(t) >= num_slots) {
+      throw std::out_of_range("rope_and_cache: slot_mapping[" + std::to_string(t) + "] = " +
+                              std::to_string(slot_of(t)) + " is outside the cache's " +
+                              std::to_string(num_slots) + " slots");
+    }
+  }
+  // Positions are checked by rope() before it writes; the cache writes come after.
+  rope(q, q_token_stride, q_head_stride, num_q_heads, k, k_token_stride, k_head_stride,
+       num_kv_heads, positions, positions_int64, cos_sin_cache, max_position, num_tokens,
+       head_dim, dtype, num_threads);
+  const int64_t row_bytes = head_dim * element_size(dtype);
+  const int64_t slot_elems = num_kv_heads * head_dim;
+  auto copy_rows = [&](int64_t begin, int64_t end) {
+    auto* kc = reinterpret_cast<char*>(key_cache);
+    auto* vc = reinterpret_cast<char*>(value_cache);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = slot_of(t);
+      if (slot < 0) continue;
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        const int64_t dst = (slot * slot_elems + h * head_dim) * element_size(dtype);
+        const int64_t ks = (t * k_token_stride + h * k_head_stride) * element_size(dtype);
+        const int64_t vs = (t * v_token_stride + h * v_head_stride) * element_size(dtype);
+        std::memcpy(kc + dst, reinterpret_cast<const char*>(k) + ks, size_t(row_bytes));
+        std::memcpy(vc + dst, reinterpret_cast<const char*>(v) + vs, size_t(row_bytes));
+      }
+    }
+  };
+  const int64_t bytes = num_tokens * slot_elems * element_size(dtype) * 4;
+  parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads), copy_rows);
 }
 
 }  // namespace reward_engine::cpu

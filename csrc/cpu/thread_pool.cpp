@@ -51,14 +51,14 @@ struct Job {
 class ThreadPool {
  public:
   // Returns false (and does nothing) when the pool is busy with another caller.
-  bool try_run(int64_t n, int num_threads, const RangeFn& fn) {
+  bool try_run(int64_t n, int num_threads, int64_t num_chunks, const RangeFn& fn) {
     std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
     if (!run_lock.owns_lock()) return false;
     ensure_workers(num_threads - 1);
     Job job;
     job.fn = &fn;
     job.n = n;
-    job.num_chunks = std::min<int64_t>(n, int64_t(num_threads) * kChunksPerThread);
+    job.num_chunks = num_chunks;
     {
       std::lock_guard<std::mutex> lock(mu_);
       job_ = &job;
@@ -139,10 +139,12 @@ int threads_for(int64_t bytes, int64_t rows, int max_threads) {
   return int(std::max<int64_t>(n, 1));
 }
 
-void parallel_for(int64_t n, int num_threads, const RangeFn& fn) {
+void parallel_for(int64_t n, int num_threads, const RangeFn& fn, int64_t max_chunks) {
   if (n <= 0) return;
   const int threads = int(std::min<int64_t>(std::max(num_threads, 1), n));
-  if (threads == 1 || t_inside_pool || !pool().try_run(n, threads, fn)) fn(0, n);
+  if (max_chunks <= 0) max_chunks = int64_t(threads) * kChunksPerThread;
+  const int64_t chunks = std::max<int64_t>(threads, std::min(n, max_chunks));
+  if (threads == 1 || t_inside_pool || !pool().try_run(n, threads, chunks, fn)) fn(0, n);
 }
 
 }  // namespace reward_engine::cpu

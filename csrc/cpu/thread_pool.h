@@ -18,7 +18,9 @@ using RangeFn = std::function<void(int64_t begin, int64_t end)>;
 // done. Runs inline when num_threads <= 1, when called from inside a pool
 // worker, or when another thread is using the pool. Rethrows the first
 // exception a chunk threw.
-void parallel_for(int64_t n, int num_threads, const RangeFn& fn);
+// max_chunks caps how finely [0, n) is split (default: a few chunks per thread);
+// pass n to make every index its own chunk when items differ a lot in cost.
+void parallel_for(int64_t n, int num_threads, const RangeFn& fn, int64_t max_chunks = 0);
 
 // How many threads to use for `bytes` of memory traffic spread over `rows`
 // rows: one per kMinBytesPerThread, at most max_threads and at most rows.

@@ -24,6 +24,7 @@ struct VecAVX512 {
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F div(F a, F b) { return _mm512_div_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
   static float sum(F a) { return _mm512_reduce_add_ps(a); }
 
   // Same method and constants as VecAVX2::exp.

@@ -1,0 +1,134 @@
+"""Causal prefill attention over a paged KV cache.
+
+KV-cache layout (see kernels/README.md): key_cache and value_cache are
+[num_blocks, block_size, num_kv_heads, head_dim] (block size 16 by default in the
+engine); token j of sequence s lives in block block_tables[s, j // block_size] at
+offset j % block_size, i.e. slot block * block_size + offset (what rope_and_cache
+writes). A batch packs the NEW tokens of S sequences: sequence s owns q rows
+query_start_loc[s]:query_start_loc[s+1] and has context_lens[s] tokens in the cache
+(cached prefix + the new ones), so its new tokens sit at absolute positions
+context_len - query_len .. context_len - 1 and attend causally to all cached keys.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _native
+from ._checks import check_dtype, check_same
+from .backend import Op
+
+
+def _as_list(values) -> list[int]:
+    return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
+
+
+def paged_prefill_attention_reference(
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
+):
+    """The specification, written for clarity; for each sequence s:
+
+    1. gather its context_len keys/values from the cache through its block table;
+    2. repeat each kv head Hq/Hkv times (GQA: q head h reads kv head h // group);
+    3. scores = (q @ k^T) * scale in fp32; the query at absolute position p masks keys
+       j > p with -inf (p = context_len - query_len + i for its i-th new token);
+    4. softmax in fp32, times v in fp32, cast to q's dtype.
+    """
+    starts, lens = _as_list(query_start_loc), _as_list(context_lens)
+    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
+    group = q.shape[1] // num_kv_heads
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for s, ctx in enumerate(lens):
+        q_len = starts[s + 1] - starts[s]
+        if q_len == 0:
+            continue
+        blocks = block_tables[s, : -(-ctx // block_size)].long()
+        k = key_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
+        v = value_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
+        qi = q[starts[s] : starts[s + 1]].float().transpose(0, 1)  # [Hq, q_len, D]
+        ki = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, ctx, D]
+        vi = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
+        scores = (qi @ ki.transpose(1, 2)) * scale
+        q_pos = torch.arange(q_len, device=q.device)[:, None] + (ctx - q_len)
+        scores.masked_fill_(torch.arange(ctx, device=q.device)[None, :] > q_pos, float("-inf"))
+        out[starts[s] : starts[s + 1]] = (scores.softmax(-1) @ vi).transpose(0, 1).to(q.dtype)
+    return out
+
+
+def paged_prefill_attention_cpu(
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
+):
+    """fp32 online softmax over chunks of 64 keys; see csrc/cpu/attention_kernels.h."""
+    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    starts = torch.as_tensor(query_start_loc, dtype=torch.int64).contiguous()
+    lens = torch.as_tensor(context_lens, dtype=torch.int64).contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    _native.cpu_module().paged_prefill_attention(
+        out.data_ptr(), out.stride(0), out.stride(1),
+        q.data_ptr(), q.stride(0), q.stride(1), q.shape[0], q.shape[1],
+        key_cache.data_ptr(), value_cache.data_ptr(), num_blocks, block_size, num_kv_heads,
+        head_dim, tables.data_ptr(), tables.shape[0], tables.shape[1],
+        starts.data_ptr(), lens.data_ptr(), float(scale), _native.dtype_code(q),
+        _native.num_threads(),
+    )  # fmt: skip
+    return out
+
+
+PAGED_PREFILL_ATTENTION = Op(
+    "paged_prefill_attention",
+    {"reference": paged_prefill_attention_reference, "cpu": paged_prefill_attention_cpu},
+)
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor | list[int],
+    context_lens: torch.Tensor | list[int],
+    scale: float,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Causal GQA attention of packed new tokens over the paged cache (module docstring).
+
+    q [T, Hq, D] (any token/head strides, last dim contiguous); key_cache, value_cache
+    [num_blocks, block_size, Hkv, D] contiguous, Hq a multiple of Hkv; block_tables int
+    [S, max_blocks]; query_start_loc [S + 1] and context_lens [S] (int tensors or lists).
+    Returns [T, Hq, D] in q's dtype.
+    """
+    op = "paged_prefill_attention"
+    check_dtype(op, "q", q)
+    check_same(op, "q", q, key_cache=key_cache, value_cache=value_cache)
+    if q.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
+        raise ValueError(
+            f"{op}: expected q [T, Hq, D] and caches [num_blocks, block_size, Hkv, D]; got "
+            f"{tuple(q.shape)}, {tuple(key_cache.shape)}, {tuple(value_cache.shape)}"
+        )
+    if q.shape[1] % key_cache.shape[2] or q.shape[2] != key_cache.shape[3]:
+        raise ValueError(
+            f"{op}: q heads ({q.shape[1]}) must be a multiple of kv heads "
+            f"({key_cache.shape[2]}) with equal head_dim ({q.shape[2]} vs {key_cache.shape[3]})"
+        )
+    if q.stride(2) != 1 and q.numel():
+        raise ValueError(f"{op}: q's last dim must be contiguous")
+    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
+        raise ValueError(f"{op}: key_cache and value_cache must be contiguous")
+    num_seqs = len(context_lens)
+    if (
+        block_tables.dim() != 2
+        or block_tables.shape[0] != num_seqs
+        or (block_tables.is_floating_point())
+    ):
+        raise ValueError(
+            f"{op}: block_tables must be an int tensor [{num_seqs}, max_blocks]; "
+            f"got {block_tables.dtype} {tuple(block_tables.shape)}"
+        )
+    if len(query_start_loc) != num_seqs + 1:
+        raise ValueError(
+            f"{op}: query_start_loc needs {num_seqs + 1} entries for {num_seqs} sequences"
+        )
+    impl = PAGED_PREFILL_ATTENTION.select(q.device, backend)
+    return impl(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale)

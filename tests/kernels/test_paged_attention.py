@@ -1,0 +1,129 @@
+"""paged_prefill_attention and rope_and_cache: the cpu backend (every ISA path) against
+the reference over block sizes 1/5/16, GQA ratios 1/4/8, block-boundary and chunked
+(cached prefix + new tokens) sequences, empty and single-token chunks; the reference
+against torch's SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_testing import DTYPES, assert_close
+
+import kernels
+from kernels.paged_attention import paged_prefill_attention_reference
+from kernels.rope import rope_and_cache_reference
+
+# (cached tokens, new tokens) per sequence: empty and single-token chunks, chunks that
+# start and end inside a block, chunks longer than the kernel's 64-key chunks and
+# than one work unit's token block
+BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (0, 150)]
+# (q heads, kv heads, block size, head_dim): GQA ratios 1/4/8, block sizes 1/5/16,
+# a head_dim (18) that is not a multiple of any vector width
+LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64)]
+
+
+def make_batch(seqs, num_q, num_kv, head_dim, block_size, dtype, seed=0):
+    """Caches with randomly placed blocks, and q as a strided view like the model's."""
+    g = torch.Generator().manual_seed(seed)
+    context_lens = [cached + new for cached, new in seqs]
+    query_start_loc = [0]
+    for _, new in seqs:
+        query_start_loc.append(query_start_loc[-1] + new)
+    blocks_per_seq = [-(-n // block_size) for n in context_lens]
+    num_blocks = sum(blocks_per_seq) + 3  # a few blocks nobody uses
+    placement = torch.randperm(num_blocks, generator=g)
+    block_tables = torch.zeros(len(seqs), max(blocks_per_seq), dtype=torch.int32)
+    used = 0
+    for s, n in enumerate(blocks_per_seq):
+        block_tables[s, :n] = placement[used : used + n]
+        used += n
+    shape = (num_blocks, block_size, num_kv, head_dim)
+    key_cache = torch.randn(shape, generator=g).to(dtype)
+    value_cache = torch.randn(shape, generator=g).to(dtype)
+    qkv = torch.randn(query_start_loc[-1], (num_q + 2 * num_kv) * head_dim, generator=g)
+    q = qkv.to(dtype)[:, : num_q * head_dim].view(-1, num_q, head_dim)
+    return q, key_cache, value_cache, block_tables, query_start_loc, context_lens
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_matches_reference(isa, dtype, layout):
+    num_q, num_kv, block_size, head_dim = layout
+    args = make_batch(BATCH, num_q, num_kv, head_dim, block_size, dtype)
+    scale = head_dim**-0.5
+    out = kernels.paged_prefill_attention(*args, scale, backend="cpu")
+    assert_close(out, paged_prefill_attention_reference(*args, scale), f"attention[{isa}]")
+
+
+def test_metadata_as_tensors(cpu_module):
+    q, kc, vc, tables, starts, lens = make_batch(BATCH[:6], 8, 2, 64, 16, torch.bfloat16)
+    expected = paged_prefill_attention_reference(q, kc, vc, tables, starts, lens, 0.125)
+    out = kernels.paged_prefill_attention(
+        q, kc, vc, tables, torch.tensor(starts, dtype=torch.int32), torch.tensor(lens), 0.125
+    )
+    assert_close(out, expected, "tensor metadata")
+
+
+def test_reference_matches_sdpa_on_a_full_prefill():
+    q, kc, vc, tables, starts, lens = make_batch([(0, 40)], 8, 2, 32, 16, torch.float32)
+    out = paged_prefill_attention_reference(q, kc, vc, tables, starts, lens, 0.2)
+    k = kc[tables[0].long()].reshape(-1, 2, 32)[:40].transpose(0, 1)
+    v = vc[tables[0].long()].reshape(-1, 2, 32)[:40].transpose(0, 1)
+    expected = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k, v, is_causal=True, scale=0.2, enable_gqa=True
+    )
+    assert_close(out, expected.transpose(0, 1), "reference vs SDPA")
+
+
+def test_bad_metadata_raises_clear_errors(cpu_module):
+    q, kc, vc, tables, starts, lens = make_batch([(0, 7), (3, 2)], 4, 4, 16, 4, torch.float32)
+    bad_tables = tables.clone()
+    bad_tables[1, 0] = kc.shape[0]
+    with pytest.raises(ValueError, match="is not a block of the cache"):
+        kernels.paged_prefill_attention(q, kc, vc, bad_tables, starts, lens, 1.0, backend="cpu")
+    with pytest.raises(ValueError, match="context_len 1 < query_len 2"):
+        kernels.paged_prefill_attention(q, kc, vc, tables, starts, [7, 1], 1.0, backend="cpu")
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        kernels.paged_prefill_attention(q[:, :3], kc, vc, tables, starts, lens, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_and_cache_cpu_matches_reference(isa, dtype):
+    num_q, num_kv, head_dim, tokens, block_size = 8, 2, 64, 13, 5
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(tokens, (num_q + 2 * num_kv) * head_dim, generator=g).to(dtype)
+    cache = kernels.compute_cos_sin_cache(head_dim, 64, 500000.0)
+    positions = torch.randint(0, 64, (tokens,), generator=g)
+    slots = torch.randperm(6 * block_size, generator=g)[:tokens]
+    slots[[2, 9]] = -1  # padding tokens: not written
+    caches = torch.randn(2, 6, block_size, num_kv, head_dim, generator=g).to(dtype)
+
+    def run(fn):
+        x = qkv.clone()
+        q = x[:, : num_q * head_dim].view(tokens, num_q, head_dim)
+        k = x[:, num_q * head_dim : (num_q + num_kv) * head_dim].view(tokens, num_kv, head_dim)
+        v = x[:, (num_q + num_kv) * head_dim :].view(tokens, num_kv, head_dim)
+        kc, vc = caches[0].clone(), caches[1].clone()
+        fn(q, k, v, positions, cache, kc, vc, slots)
+        return x, kc, vc
+
+    got = run(lambda *a: kernels.rope_and_cache(*a, backend="cpu"))
+    expected = run(rope_and_cache_reference)
+    for name, a, e in zip(["qkv", "key_cache", "value_cache"], got, expected, strict=True):
+        assert_close(a, e, f"rope_and_cache[{isa}] {name}")
+    untouched = torch.ones(6 * block_size, dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    assert torch.equal(got[1].view(-1, num_kv, head_dim)[untouched],
+                       caches[0].view(-1, num_kv, head_dim)[untouched])  # fmt: skip
+
+
+def test_rope_and_cache_rejects_slots_outside_the_cache(cpu_module):
+    q, k, v = torch.randn(2, 2, 8), torch.randn(2, 1, 8), torch.randn(2, 1, 8)
+    kc, vc = torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 1, 8)
+    q0 = q.clone()
+    cache = kernels.compute_cos_sin_cache(8, 4, 10000.0)
+    with pytest.raises(IndexError, match=r"slot_mapping\[1\] = 8"):
+        kernels.rope_and_cache(q, k, v, torch.tensor([1, 2]), cache, kc, vc,
+                               torch.tensor([0, 8]), backend="cpu")  # fmt: skip
+    assert torch.equal(q, q0) and not kc.any()
