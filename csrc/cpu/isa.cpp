@@ -8,7 +8,7 @@ namespace reward_engine::cpu {
 namespace {
 
 Isa detect() {
-#if defined(__x86_64__) || defined(__i386__)
+#if !defined(REWARD_ENGINE_SCALAR_ONLY) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
   // __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state.
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -62,6 +62,10 @@ std::vector<std::string> supported_isas() {
 }
 
 const KernelTable& active_kernels() {
+#ifdef REWARD_ENGINE_SCALAR_ONLY  // not x86: setup.py builds only kernels_scalar.cpp
+  (void)active_isa();
+  return scalar_kernels();
+#else
   switch (active_isa()) {
     case Isa::kAvx512:
       return avx512_kernels();
@@ -70,6 +74,7 @@ const KernelTable& active_kernels() {
     default:
       return scalar_kernels();
   }
+#endif
 }
 
 }  // namespace reward_engine::cpu
