@@ -143,9 +143,14 @@ class BuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         ext_path = Path(self.get_ext_fullpath(ext.name))
         inputs = [ROOT / s for s in ext.sources + list(ext.depends)]
+        # the target list is an input too: a changed REWARD_ENGINE_CUDA_ARCHS rebuilds
+        stamp = Path(self.build_temp) / f"{ext.name}.targets"
+        targets = " ".join(cuda_archs()) if isinstance(ext, CUDAExtension) else ""
         if (
             not self.force
             and ext_path.exists()
+            and stamp.exists()
+            and stamp.read_text() == targets
             and all(p.stat().st_mtime <= ext_path.stat().st_mtime for p in inputs)
         ):
             log(f"{ext.name} is up to date")
@@ -175,6 +180,7 @@ class BuildExt(build_ext):
             build_temp=self.build_temp,
             target_lang="c++",
         )
+        stamp.write_text(targets)
 
     def _compile(self, ext: Extension, source: str) -> str:
         if source.endswith(".cu"):
