@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def _bounds(loc: torch.Tensor | list[int]) -> list[int]:
     return loc.tolist() if isinstance(loc, torch.Tensor) else list(loc)
 
