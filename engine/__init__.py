@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "RewardEngine": ".llm_engine",
+    "AsyncRewardEngine": ".async_engine",
+    "RuntimeConfig": ".config",
     "ModelConfig": ".config",
     "parse_dtype": ".config",
     "ConversationError": ".chat",

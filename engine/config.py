@@ -149,3 +149,51 @@ class ModelConfig:
                 "(config.json + *.safetensors + tokenizer.json)"
             )
         return cls.from_dict(json.loads(path.read_text()))
+
+
+GIB = 1 << 30
+# CPU default KV pool: big enough for thousands of cached prompt blocks, small
+# enough to leave the host its memory (a fraction of what is available caps it).
+CPU_DEFAULT_KV_CACHE_GIB = 2.0
+CPU_DEFAULT_KV_CACHE_FRACTION = 0.25
+CUDA_DEFAULT_KV_CACHE_FRACTION = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """How the engine runs a loaded model: KV pool, token budget, queue limits.
+
+    KV pool size, first match wins: ``num_kv_blocks`` (exact); ``kv_cache_gib``
+    (explicit memory); ``kv_cache_memory_fraction`` (of the device's free memory, or
+    of the host's available memory on CPU); default on CPU min(2 GiB, 25 % of
+    available memory), on CUDA 90 % of free memory. The pool never exceeds what
+    ``max_num_seqs`` requests of ``max_model_len`` tokens could occupy at once.
+    """
+
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_gib: float | None = None
+    kv_cache_memory_fraction: float | None = None
+    max_num_batched_tokens: int = 4096  # tokens per forward pass (the step's budget)
+    max_num_seqs: int = 256  # requests running at once
+    max_model_len: int | None = None  # default: the checkpoint's max_position_embeddings
+    max_waiting_requests: int = 4096  # beyond: EngineOverloadedError
+    max_chunk_tokens: int | None = None  # largest chunk of one request per step
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self):
+        required = ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_waiting_requests")
+        optional = ("num_kv_blocks", "max_model_len", "max_chunk_tokens")
+        for name in required + optional:
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if type(value) is not int or value < 1:  # bool is an int subclass: excluded
+                raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {value!r}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ValueError(f"RuntimeConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")
+        fraction = self.kv_cache_memory_fraction
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(
+                f"RuntimeConfig.kv_cache_memory_fraction must be in (0, 1], got {fraction!r}"
+            )

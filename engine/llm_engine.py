@@ -8,22 +8,34 @@
 
 Each call returns one reward per conversation: a float for scalar heads, a list of
 floats for multi-attribute heads (num_labels > 1).
+
+Every call goes through the same machinery as the async engine: the sequences
+become requests of the continuous-batching ``Scheduler``, which packs them into
+steps under the token budget (chunking long ones) and serves shared prefixes from
+the paged KV cache, so the N responses of one prompt compute the prompt once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .batching import pack_by_token_budget
 from .chat import ChatFormatter
 from .checkpoint import load_weights
-from .config import CAUSAL_LM, ModelConfig, parse_dtype
-from .model import BatchMetadata, LlamaRewardModel
+from .config import CAUSAL_LM, GIB, ModelConfig, RuntimeConfig, parse_dtype
+from .errors import RequestFailedError
+from .kv_cache import KVCacheManager
+from .model import LlamaRewardModel
+from .request import Request
+from .runner import KVCachePool, ModelRunner, kv_cache_num_blocks
+from .scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +43,62 @@ Reward = float | list[float]
 
 
 class RewardEngine:
-    """Scores conversations with a Llama-architecture reward model."""
+    """Scores conversations with a Llama-architecture reward model.
+
+    Not thread-safe; ``AsyncRewardEngine`` wraps one for concurrent callers.
+    """
 
     def __init__(
         self,
         model: LlamaRewardModel,
         chat: ChatFormatter | None,
-        max_num_batched_tokens: int = 4096,
-        max_model_len: int | None = None,
+        runtime: RuntimeConfig | None = None,
     ):
-        if max_num_batched_tokens < 1:
-            raise ValueError("max_num_batched_tokens must be >= 1")
+        runtime = runtime or RuntimeConfig()
         self.model = model
         self.chat = chat
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_model_len = max_model_len or model.max_position
+        self.runtime = runtime
+        self.max_num_batched_tokens = runtime.max_num_batched_tokens
+        self.max_model_len = min(runtime.max_model_len or model.max_position, model.max_position)
         self.num_labels = model.w.head.shape[0]
+        num_blocks = kv_cache_num_blocks(
+            runtime, model.cfg, model.dtype, model.device, self.max_model_len
+        )
+        self.kv_cache = KVCachePool(
+            model.cfg, num_blocks, runtime.block_size, model.dtype, model.device
+        )
+        if num_blocks * runtime.block_size < self.max_model_len:
+            logger.warning(
+                "the KV pool holds %d tokens, less than max_model_len=%d: longer "
+                "sequences are refused",
+                num_blocks * runtime.block_size,
+                self.max_model_len,
+            )
+        logger.info(
+            "KV pool: %d blocks of %d tokens (%.2f GiB)",
+            num_blocks,
+            runtime.block_size,
+            self.kv_cache.nbytes / GIB,
+        )
+        self.runner = ModelRunner(model, self.kv_cache)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_batched_tokens=runtime.max_num_batched_tokens,
+                max_num_seqs=runtime.max_num_seqs,
+                max_model_len=self.max_model_len,
+                max_waiting_requests=runtime.max_waiting_requests,
+                max_chunk_tokens=runtime.max_chunk_tokens,
+            ),
+            KVCacheManager(num_blocks, runtime.block_size, runtime.enable_prefix_caching),
+        )
+        self._request_ids = itertools.count()
+        self._step_stats = {
+            "steps": 0,
+            "step_time_s": 0.0,
+            "batch_tokens": 0,
+            "last_step_time_s": 0.0,
+            "last_batch_tokens": 0,
+        }
 
     @classmethod
     def from_pretrained(
@@ -59,6 +111,8 @@ class RewardEngine:
         reward_token_ids: Sequence[int] | None = None,
         num_threads: int | None = None,
         device: str | torch.device = "cpu",
+        runtime: RuntimeConfig | None = None,
+        **runtime_options,
     ) -> RewardEngine:
         """Load an HF Llama reward checkpoint directory.
 
@@ -69,7 +123,16 @@ class RewardEngine:
             at the last position are the reward (default [0], the Nemotron-Reward-HF
             convention); ignored for sequence-classification heads.
         num_threads: CPU threads for torch and the C++ kernels (default: torch's).
+        runtime / runtime_options: a RuntimeConfig, or its fields as keywords
+            (block_size, kv_cache_gib, num_kv_blocks, max_num_seqs, enable_prefix_caching,
+            ...); the two keywords above override it.
         """
+        runtime = replace(
+            runtime or RuntimeConfig(),
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len,
+            **runtime_options,
+        )
         if num_threads:
             torch.set_num_threads(int(num_threads))
         cfg = ModelConfig.from_pretrained(model_dir)
@@ -82,11 +145,10 @@ class RewardEngine:
         if str(device) != "cpu":
             weights = _to_device(weights, torch.device(device))
         logger.info("loaded %s in %.1fs", model_dir, time.perf_counter() - start)
-        max_len = max_model_len or cfg.max_position_embeddings
-        model = LlamaRewardModel(cfg, weights, max_position=max_len)
+        model = LlamaRewardModel(cfg, weights, max_position=max_model_len)
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         chat = ChatFormatter.from_pretrained(model_dir) if has_tokenizer else None
-        return cls(model, chat, max_num_batched_tokens, max_len)
+        return cls(model, chat, runtime)
 
     # -- public scoring API -------------------------------------------------------
 
@@ -96,7 +158,11 @@ class RewardEngine:
         return self.score_token_ids(chat.encode_batch(conversations), progress)
 
     def score_responses(self, prompt, responses: Sequence[str], progress=None) -> list[Reward]:
-        """Rewards of N responses to one prompt (a string or a list of messages)."""
+        """Rewards of N responses to one prompt (a string or a list of messages).
+
+        The conversations share the prompt's tokens, so the prefix cache computes
+        the prompt once and each response after it.
+        """
         chat = self._require_chat()
         ids = [chat.encode(chat.conversation(prompt, r)) for r in responses]
         return self.score_token_ids(ids, progress)
@@ -108,19 +174,147 @@ class RewardEngine:
     ) -> list[Reward]:
         """Rewards of already-tokenized sequences (each the full formatted conversation).
 
-        `progress`, if given, is called with the number of tokens of each finished batch.
+        Every sequence is checked before anything runs (ValueError naming the first bad
+        one). `progress`, if given, is called after each step with the number of tokens
+        of the sequences that step finished.
         """
-        seqs = [list(ids) for ids in token_ids]
+        seqs = [tuple(map(int, ids)) for ids in token_ids]
         for i, ids in enumerate(seqs):
-            self._check_length(i, ids)
+            self.check_token_ids(ids, i)
+        if self.scheduler.has_unfinished_requests():
+            raise RuntimeError("the engine is busy with other requests (used by an async engine?)")
         results: list[Reward | None] = [None] * len(seqs)
-        for batch in pack_by_token_budget([len(s) for s in seqs], self.max_num_batched_tokens):
-            rewards = self._forward([seqs[i] for i in batch])
-            for i, r in zip(batch, rewards, strict=True):
-                results[i] = r
-            if progress is not None:
-                progress(sum(len(seqs[i]) for i in batch))
+        index: dict[str, int] = {}
+        pending = deque(enumerate(seqs))
+        try:
+            while pending or self.scheduler.has_unfinished_requests():
+                # Feed the queue up to its bound: a huge call never trips the overload error.
+                while pending and self.scheduler.num_waiting < self.runtime.max_waiting_requests:
+                    i, ids = pending.popleft()
+                    request = self.add_request(ids)
+                    index[request.request_id] = i
+                finished, failed = self.step()
+                if failed:
+                    raise failed[0].error
+                for request, reward in finished:
+                    results[index.pop(request.request_id)] = reward
+                if progress is not None and finished:
+                    progress(sum(r.num_tokens for r, _ in finished))
+        finally:
+            for request_id in index:  # an error or an interrupt: withdraw what is left
+                self.scheduler.cancel(request_id)
         return results  # type: ignore[return-value]
+
+    def metrics(self) -> dict[str, int | float]:
+        """Counters as a plain dict: requests, tokens requested vs computed, prefix-cache
+        hit rate, KV blocks used / cached / free, step time and batch tokens."""
+        s = self._step_stats
+        steps = s["steps"]
+        return {
+            **self.scheduler.metrics(),
+            "model_steps": steps,
+            "step_time_last_s": s["last_step_time_s"],
+            "step_time_mean_s": s["step_time_s"] / steps if steps else 0.0,
+            "step_time_total_s": s["step_time_s"],
+            "batch_tokens_last": s["last_batch_tokens"],
+            "batch_tokens_mean": s["batch_tokens"] / steps if steps else 0.0,
+            "block_size": self.kv_cache.block_size,
+            "kv_cache_bytes": self.kv_cache.nbytes,
+        }
+
+    # -- the request path (shared with AsyncRewardEngine) ------------------------
+
+    def check_token_ids(self, ids: Sequence[int], index: int | None = None) -> None:
+        """ValueError unless ``ids`` is a sequence this engine can score."""
+        what = "sequence" if index is None else f"sequence {index}"
+        if not ids:
+            raise ValueError(f"{what} is empty: nothing to score")
+        if len(ids) > self.max_model_len:
+            raise ValueError(
+                f"{what} has {len(ids)} tokens, more than the model's maximum "
+                f"length of {self.max_model_len}"
+            )
+        vocab = self.model.cfg.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"{what} has token ids outside [0, {vocab})")
+        kv = self.scheduler.kv_cache
+        if kv.num_blocks_needed(len(ids)) > kv.num_blocks:
+            raise ValueError(
+                f"{what} has {len(ids)} tokens, more than the KV cache pool holds "
+                f"({kv.num_blocks} blocks of {kv.block_size}); give the engine a larger "
+                "kv_cache_gib"
+            )
+
+    def add_request(
+        self, ids: Sequence[int], priority: int = 0, deadline: float | None = None
+    ) -> Request:
+        """Queue checked token ids; raises the request's error if it can never run."""
+        request = Request(f"req-{next(self._request_ids)}", tuple(ids), priority, deadline)
+        self.scheduler.add_request(request)
+        if request.error is not None:
+            raise request.error
+        return request
+
+    def step(self) -> tuple[list[tuple[Request, Reward]], list[Request]]:
+        """Schedule and run one step: (finished requests with rewards, failed requests)."""
+        failed = self.scheduler.expire()
+        out = self.scheduler.schedule()
+        start = time.perf_counter()
+        rewards, errors = self.execute(out)
+        finished, aborted = self.finish_step(out, rewards, errors, time.perf_counter() - start)
+        return finished, failed + aborted
+
+    def execute(self, out: SchedulerOutput) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Run the model on a step (touches no scheduler state, so it may run in a worker
+        thread). If the batch raises, each chunk is rerun alone so that only the chunks
+        that fail on their own fail: returns (rewards, {request_id: reason})."""
+        try:
+            return self.runner.execute(out.chunks), {}
+        except Exception as exc:  # noqa: BLE001 - isolated below, reported per request
+            if len(out.chunks) == 1:
+                return {}, {out.chunks[0].request_id: f"{type(exc).__name__}: {exc}"}
+            logger.warning(
+                "step %d failed (%s); rerunning its %d chunks one by one",
+                out.step,
+                exc,
+                len(out.chunks),
+            )
+        rewards, errors = {}, {}
+        for chunk in out.chunks:
+            try:
+                rewards.update(self.runner.execute([chunk]))
+            except Exception as exc:  # noqa: BLE001
+                errors[chunk.request_id] = f"{type(exc).__name__}: {exc}"
+        return rewards, errors
+
+    def finish_step(
+        self,
+        out: SchedulerOutput,
+        rewards: dict[str, list[float]],
+        errors: dict[str, str],
+        seconds: float,
+    ) -> tuple[list[tuple[Request, Reward]], list[Request]]:
+        """Apply a computed step to the scheduler: (finished requests with rewards,
+        requests failed because their chunk failed)."""
+        failed = []
+        for request_id, reason in errors.items():
+            request = self.scheduler.abort(
+                request_id, RequestFailedError(f"request {request_id!r} failed: {reason}")
+            )
+            if request is not None:
+                failed.append(request)
+        finished = self.scheduler.update_after_step(out)
+        if not out.is_empty:
+            s = self._step_stats
+            s["steps"] += 1
+            s["step_time_s"] += seconds
+            s["batch_tokens"] += out.num_batched_tokens
+            s["last_step_time_s"] = seconds
+            s["last_batch_tokens"] = out.num_batched_tokens
+        return [(r, self.to_reward(rewards[r.request_id])) for r in finished], failed
+
+    def to_reward(self, row: list[float]) -> Reward:
+        return row[0] if self.num_labels == 1 else row
 
     # -- internals ----------------------------------------------------------------
 
@@ -132,30 +326,9 @@ class RewardEngine:
             )
         return self.chat
 
-    def _check_length(self, index: int, ids: list[int]) -> None:
-        if not ids:
-            raise ValueError(f"sequence {index} is empty: nothing to score")
-        if len(ids) > self.max_model_len:
-            raise ValueError(
-                f"sequence {index} has {len(ids)} tokens, more than the model's maximum "
-                f"length of {self.max_model_len}"
-            )
-        vocab = self.model.cfg.vocab_size
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ValueError(f"sequence {index} has token ids outside [0, {vocab})")
-
-    def _forward(self, seqs: list[list[int]]) -> list[Reward]:
-        device = self.model.device
-        flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int64, device=device)
-        meta = BatchMetadata.from_lengths([len(s) for s in seqs], device=device)
-        rewards = self.model.rewards(flat, meta).cpu()
-        if self.num_labels == 1:
-            return rewards[:, 0].tolist()
-        return rewards.tolist()
-
 
 def _to_device(weights, device):
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     def move(obj):
         return replace(

@@ -7,9 +7,12 @@ do not change the result:
   - the residual add is fused into the next RMSNorm (`fused_add_rms_norm`);
   - the final layer computes attention output, o_proj and the MLP only for each
     sequence's last token: no other token's hidden state reaches the reward head.
-The batch metadata (positions, query_start_loc, context lengths) is the one the
-paged KV cache uses, so paged attention replaces `varlen_causal_attention` without
-restructuring this file.
+Attention goes through the paged KV cache: every layer writes the keys and values
+of all new tokens (`rope_and_cache`) and attends over the cache
+(`paged_prefill_attention`), so a chunk can continue a sequence whose earlier
+tokens came from an earlier step or from the prefix cache. A chunk that does not
+end its sequence needs no output at all: in the final layer its tokens only write
+their keys and values.
 """
 
 from __future__ import annotations
@@ -27,41 +30,30 @@ from .config import ModelConfig
 
 @dataclass(slots=True)
 class BatchMetadata:
-    """Where each sequence's tokens sit in the flat batch.
+    """Where each sequence's new tokens sit in the flat batch and in the KV cache.
 
-    Sequence s owns rows query_start_loc[s]:query_start_loc[s+1] of the batch; its
-    context length is its total length so far (cached + new tokens). Host-side
-    lists travel beside the tensors so per-layer code never syncs a device.
+    Sequence s owns rows query_start_loc[s]:query_start_loc[s+1] of the batch (its
+    new tokens); context_lens[s] counts its cached and new tokens, so its new tokens
+    sit at positions context_len - query_len .. context_len - 1. Every new token's
+    key and value go to slot_mapping[t] of each layer's cache. The final layer only
+    computes the rows in last_token_indices (the last token of each sequence that
+    finishes in this step); the last_* fields describe those rows as sequences of
+    one query token each. engine/runner.py builds this record.
     """
 
     positions: torch.Tensor  # [T] int64 absolute position of each token
-    query_start_loc: torch.Tensor  # [S+1] int32
-    context_lens: torch.Tensor  # [S] int32
-    query_start_loc_host: list[int]
-    last_token_indices: torch.Tensor  # [S] int64 row of each sequence's last token
-
-    @classmethod
-    def from_lengths(cls, lengths: list[int], device="cpu") -> BatchMetadata:
-        """Metadata for full prefills of sequences of the given lengths."""
-        starts = [0]
-        for n in lengths:
-            starts.append(starts[-1] + n)
-        loc = torch.tensor(starts, dtype=torch.int32)
-        lens = torch.tensor(lengths, dtype=torch.int32)
-        # positions restart at 0 for every sequence: arange(T) minus each row's start
-        seq_start = torch.repeat_interleave(loc[:-1].long(), lens.long())
-        positions = torch.arange(starts[-1], dtype=torch.int64) - seq_start
-        return cls(
-            positions=positions.to(device),
-            query_start_loc=loc.to(device),
-            context_lens=lens.to(device),
-            query_start_loc_host=starts,
-            last_token_indices=(loc[1:].long() - 1).to(device),
-        )
+    slot_mapping: torch.Tensor  # [T] int64 cache slot of each token
+    query_start_loc: torch.Tensor  # [S+1] int64
+    context_lens: torch.Tensor  # [S] int64
+    block_tables: torch.Tensor  # [S, max_blocks] int32
+    last_token_indices: torch.Tensor  # [N] int64 rows whose hidden state is the output
+    last_block_tables: torch.Tensor  # [N, max_blocks] int32
+    last_context_lens: torch.Tensor  # [N] int64
+    last_query_start_loc: torch.Tensor  # [N+1] int64: 0, 1, .., N
 
     @property
-    def num_seqs(self) -> int:
-        return len(self.query_start_loc_host) - 1
+    def num_outputs(self) -> int:
+        return self.last_token_indices.shape[0]
 
 
 def _linear(x, weight, bias):
@@ -82,22 +74,30 @@ class LlamaRewardModel:
         ).to(self.device)
         self.scale = cfg.head_dim**-0.5
 
-    def _attention(self, layer: LayerWeights, x, meta: BatchMetadata, last_only: bool):
+    def _attention(
+        self, layer: LayerWeights, x, meta: BatchMetadata, key_cache, value_cache, last_only: bool
+    ):
         cfg = self.cfg
         qkv = _linear(x, layer.qkv, layer.qkv_bias)
         t = qkv.shape[0]
         q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
-        kernels.rope(q, k, meta.positions, self.cos_sin_cache)
-        if last_only:
-            q = q[meta.last_token_indices]
-            q_loc = list(range(meta.num_seqs + 1))
-        else:
-            q_loc = meta.query_start_loc_host
-        out = kernels.varlen_causal_attention(
-            q, k, v, q_loc, meta.query_start_loc_host, self.scale
+        kernels.rope_and_cache(
+            q, k, v, meta.positions, self.cos_sin_cache, key_cache, value_cache, meta.slot_mapping
         )
+        if last_only:
+            if meta.num_outputs == 0:
+                return None
+            out = kernels.paged_prefill_attention(
+                q[meta.last_token_indices], key_cache, value_cache, meta.last_block_tables,
+                meta.last_query_start_loc, meta.last_context_lens, self.scale,
+            )  # fmt: skip
+        else:
+            out = kernels.paged_prefill_attention(
+                q, key_cache, value_cache, meta.block_tables, meta.query_start_loc,
+                meta.context_lens, self.scale,
+            )  # fmt: skip
         return _linear(out.reshape(out.shape[0], cfg.q_size), layer.o_proj, layer.o_bias)
 
     def _mlp(self, layer: LayerWeights, x):
@@ -105,15 +105,21 @@ class LlamaRewardModel:
         return _linear(kernels.silu_mul(gate_up), layer.down, layer.down_bias)
 
     @torch.inference_mode()
-    def hidden_states(self, input_ids: torch.Tensor, meta: BatchMetadata) -> torch.Tensor:
-        """Final-norm hidden state of each sequence's last token: [S, hidden]."""
+    def hidden_states(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
+        """Write every new token's K/V into ``kv_cache`` (per-layer ``key_caches`` /
+        ``value_caches``); return the final-norm hidden state of the rows in
+        ``meta.last_token_indices``: [N, hidden]."""
         eps = self.cfg.rms_norm_eps
         layers = self.w.layers
         residual = F.embedding(input_ids, self.w.embed)
         x = kernels.rms_norm(residual, layers[0].input_norm, eps)
         for i, layer in enumerate(layers):
             last = i == len(layers) - 1
-            attn = self._attention(layer, x, meta, last_only=last)
+            attn = self._attention(
+                layer, x, meta, kv_cache.key_caches[i], kv_cache.value_caches[i], last_only=last
+            )
+            if attn is None:  # no sequence ends in this step: K/V written, nothing to output
+                return x.new_empty((0, self.cfg.hidden_size))
             if last:
                 residual = residual[meta.last_token_indices]
             x = kernels.fused_add_rms_norm(attn, residual, layer.post_norm, eps)
@@ -123,11 +129,11 @@ class LlamaRewardModel:
         return x
 
     @torch.inference_mode()
-    def rewards(self, input_ids: torch.Tensor, meta: BatchMetadata) -> torch.Tensor:
-        """Reward head on the last tokens: [S, num_labels] float32.
+    def rewards(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
+        """Reward head on the output rows: [N, num_labels] float32.
 
         The head runs in the compute dtype like HF's `score` / `lm_head` Linear, so
         bf16 rewards round where HF's do; the result is returned in fp32.
         """
-        hidden = self.hidden_states(input_ids, meta)
+        hidden = self.hidden_states(input_ids, meta, kv_cache)
         return F.linear(hidden, self.w.head).float()

@@ -353,6 +353,15 @@ class Scheduler:
         self._stats["cancelled"] += 1
         return request
 
+    def abort(self, request_id: str, error: RequestFailedError) -> Request | None:
+        """End a waiting or running request with ``error`` (e.g. its chunk failed to run)."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return None
+        self._drop(request, error)
+        self._stats["failed"] += 1
+        return request
+
     def expire(self, now: float | None = None) -> list[Request]:
         """Fail every request whose deadline is at or before ``now``; return them."""
         now = self.clock() if now is None else now
