@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from . import _native
 from ._checks import check_dtype, check_same, rows_view
-from .backend import Op
+from .backend import Op, triton_impl
 
 
 def silu_mul_reference(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,7 +36,14 @@ def silu_mul_cpu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     return out
 
 
-SILU_MUL = Op("silu_mul", {"reference": silu_mul_reference, "cpu": silu_mul_cpu})
+SILU_MUL = Op(
+    "silu_mul",
+    {
+        "reference": silu_mul_reference,
+        "cpu": silu_mul_cpu,
+        "triton": triton_impl("activation", "silu_mul_triton"),
+    },
+)
 
 
 def silu_mul(

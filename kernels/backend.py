@@ -5,13 +5,17 @@ Rules (also in kernels/README.md):
    REWARD_ENGINE_KERNEL_BACKEND; a forced backend that cannot run the op on the
    given device raises BackendUnavailableError saying what to do.
 2. Otherwise CPU tensors use `cpu` (kernels._C) and CUDA tensors use `cuda`
-   (kernels._C_cuda) when the module is built and has the op; anything else uses
-   `reference`, and the fallback is logged at DEBUG with its reason.
+   (kernels._C_cuda) when the module is built and has the op, else `triton` (kernels/
+   triton, when triton is installed); anything else uses `reference`, and the fallback
+   is logged at DEBUG with its reason. `triton` on CPU tensors runs Triton's interpreter
+   and is only ever chosen by forcing it with TRITON_INTERPRET=1 set (tests).
 3. The first time an (op, device type) pair picks a backend, an INFO line says which.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -23,7 +27,7 @@ from . import _native
 logger = logging.getLogger("kernels")
 
 ENV_VAR = "REWARD_ENGINE_KERNEL_BACKEND"
-BACKENDS = ("reference", "cpu", "cuda")
+BACKENDS = ("reference", "cpu", "cuda", "triton")
 _BUILD_HINT = (
     "build the extension with `pip install --no-build-isolation -e .` "
     "(or `python setup.py build_ext --inplace`) from the repository root"
@@ -58,6 +62,8 @@ class Op:
             return None
         if backend not in self.impls:
             return f"the {backend} backend has no {self.name} kernel"
+        if backend == "triton":
+            return _triton_unavailable_reason(device)
         if device.type != backend:
             return f"the {backend} backend runs on {backend} tensors, got {device.type} tensors"
         module_name = "_C" if backend == "cpu" else "_C_cuda"
@@ -86,12 +92,15 @@ class Op:
             chosen = forced
         else:
             chosen = "reference"
-            if device.type in ("cpu", "cuda"):
-                reason = self.unavailable_reason(device.type, device)
+            candidates = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}.get(device.type, [])
+            for candidate in candidates:
+                reason = self.unavailable_reason(candidate, device)
                 if reason is None:
-                    chosen = device.type
-                else:
-                    logger.debug("%s on %s falls back to reference: %s", self.name, device, reason)
+                    chosen = candidate
+                    break
+                logger.debug("%s on %s skips %s: %s", self.name, device, candidate, reason)
+            if chosen == "reference" and candidates:
+                logger.debug("%s on %s falls back to reference: %s", self.name, device, reason)
         key = (device.type, chosen)
         if key not in self._announced:
             self._announced.add(key)
@@ -109,4 +118,26 @@ def available_backends(op: Op | None = None, device: torch.device | str | None =
         names.append("cpu")
     if _native.cuda_module() is not None and torch.cuda.is_available():
         names.append("cuda")
+    if _triton_unavailable_reason(torch.device("cuda")) is None:
+        names.append("triton")
     return names
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton; GPU machines with PyTorch have it)"
+    from .triton import _launch
+
+    return _launch.unavailable_reason(device)
+
+
+def triton_impl(module: str, name: str) -> Callable:
+    """The triton backend's function `name` of kernels/triton/<module>.py, imported on
+    first call so that `kernels` imports without triton installed."""
+
+    def run(*args, **kwargs):
+        fn = getattr(importlib.import_module(f"kernels.triton.{module}"), name)
+        return fn(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = f"{name}"
+    return run

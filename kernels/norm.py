@@ -11,7 +11,7 @@ import torch
 
 from . import _native
 from ._checks import check_dtype, check_same, rows_view
-from .backend import Op
+from .backend import Op, triton_impl
 
 # ----------------------------------------------------------------------------- reference
 
@@ -106,7 +106,13 @@ def fused_add_rms_norm_cuda(x, residual, weight, eps, out=None):
 # ----------------------------------------------------------------------------- public ops
 
 RMS_NORM = Op(
-    "rms_norm", {"reference": rms_norm_reference, "cpu": rms_norm_cpu, "cuda": rms_norm_cuda}
+    "rms_norm",
+    {
+        "reference": rms_norm_reference,
+        "cpu": rms_norm_cpu,
+        "cuda": rms_norm_cuda,
+        "triton": triton_impl("norm", "rms_norm_triton"),
+    },
 )
 FUSED_ADD_RMS_NORM = Op(
     "fused_add_rms_norm",
@@ -114,6 +120,7 @@ FUSED_ADD_RMS_NORM = Op(
         "reference": fused_add_rms_norm_reference,
         "cpu": fused_add_rms_norm_cpu,
         "cuda": fused_add_rms_norm_cuda,
+        "triton": triton_impl("norm", "fused_add_rms_norm_triton"),
     },
 )
 

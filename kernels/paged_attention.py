@@ -16,7 +16,7 @@ import torch
 
 from . import _native
 from ._checks import check_dtype, check_same
-from .backend import Op
+from .backend import Op, triton_impl
 
 
 def _as_list(values) -> list[int]:
@@ -77,7 +77,11 @@ def paged_prefill_attention_cpu(
 
 PAGED_PREFILL_ATTENTION = Op(
     "paged_prefill_attention",
-    {"reference": paged_prefill_attention_reference, "cpu": paged_prefill_attention_cpu},
+    {
+        "reference": paged_prefill_attention_reference,
+        "cpu": paged_prefill_attention_cpu,
+        "triton": triton_impl("paged_attention", "paged_prefill_attention_triton"),
+    },
 )
 
 

@@ -13,7 +13,7 @@ import torch
 
 from . import _native
 from ._checks import check_dtype, check_same
-from .backend import Op
+from .backend import Op, triton_impl
 
 # ----------------------------------------------------------------------------- cos/sin cache
 
@@ -131,7 +131,10 @@ def rope_cpu(q, k, positions, cos_sin_cache):
 
 # ----------------------------------------------------------------------------- public op
 
-ROPE = Op("rope", {"reference": rope_reference, "cpu": rope_cpu})
+ROPE = Op(
+    "rope",
+    {"reference": rope_reference, "cpu": rope_cpu, "triton": triton_impl("rope", "rope_triton")},
+)
 
 
 # ----------------------------------------------------------------------------- rope + KV-cache write
@@ -168,7 +171,12 @@ def rope_and_cache_cpu(q, k, v, positions, cos_sin_cache, key_cache, value_cache
 
 
 ROPE_AND_CACHE = Op(
-    "rope_and_cache", {"reference": rope_and_cache_reference, "cpu": rope_and_cache_cpu}
+    "rope_and_cache",
+    {
+        "reference": rope_and_cache_reference,
+        "cpu": rope_and_cache_cpu,
+        "triton": triton_impl("rope", "rope_and_cache_triton"),
+    },
 )
 
 

@@ -1,0 +1,53 @@
+"""SwiGLU (silu(gate) * up) in Triton on the fused gate/up projection output.
+
+Numerics follow HF LlamaMLP and the reference in kernels/activation.py:
+1. gate, up = x[..., :I], x[..., I:];
+2. a = gate * sigmoid(gate) in fp32, rounded to the activation dtype (F.silu);
+3. y = a * up in fp32, rounded to the activation dtype.
+Grid: (rows, column blocks of BLOCK), so a long row is spread over many programs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from ._launch import kernel, launch, next_power_of_2
+
+BLOCK = 1024
+
+
+@kernel
+def _silu_mul_kernel(out_ptr, x_ptr, inter, out_stride, x_stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < inter
+    gate = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * x_stride + inter + cols, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    a = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # step 2
+    y = (a.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)  # step 3
+    tl.store(out_ptr + row * out_stride + cols, y, mask=mask)
+
+
+def silu_mul_triton(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """kernels.silu_mul's triton backend (arguments checked by kernels.activation)."""
+    inter = x.shape[-1] // 2
+    if out is None:
+        out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
+    x2 = x.reshape(-1, 2 * inter)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    try:
+        out2 = out.view(-1, inter)
+    except RuntimeError:
+        out2 = None
+    if out2 is None or (out2.stride(1) != 1 and out2.shape[0] > 0):
+        raise ValueError("triton silu_mul: out must be viewable as [rows, I], last dim contiguous")
+    if x2.shape[0] == 0:
+        return out
+    block = min(BLOCK, next_power_of_2(inter))
+    grid = (x2.shape[0], -(-inter // block))
+    launch(_silu_mul_kernel, grid, x.device, out2, x2, inter, out2.stride(0), x2.stride(0),
+           BLOCK=block)  # fmt: skip
+    return out

@@ -1,0 +1,154 @@
+"""Causal GQA prefill attention over the paged KV cache, in Triton (FlashAttention-2
+style: tiled, online softmax in fp32). Layout and semantics: kernels/paged_attention.py
+and kernels/README.md ("Paged KV cache").
+
+Work unit: one program per (query tile, kv head). A query tile holds TILE_TOKENS new
+tokens of one sequence times the GROUP q heads that share the kv head (row r = token
+r // GROUP, q head kv_head * GROUP + r % GROUP), so each K/V tile is loaded once for the
+whole GQA group. For each tile of BLOCK_N keys, up to the tile's last query position:
+1. gather K and V rows through the block table (slot = block * block_size + offset);
+2. scores = (q @ k^T) * scale in fp32 (fp32 inputs use IEEE fp32 products, not TF32);
+   keys after the query's absolute position (context_len - query_len + i) are masked;
+3. online softmax: m_new = max(m, rowmax(scores)); acc, l rescaled by exp(m - m_new);
+   p = exp(scores - m_new); l += rowsum(p); acc += p @ v (p rounded to v's dtype, as
+   FlashAttention-2 feeds the tensor cores);
+4. out = acc / l, rounded to q's dtype.
+Masked scores use a large finite negative, not -inf, so a row never computes
+exp(-inf - -inf); every real query row sees key 0, so its sum l is >= 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from ._launch import kernel, launch, next_power_of_2
+
+BLOCK_M = 64  # query rows (tokens x GROUP) per program
+BLOCK_N = 64  # keys per tile
+MASKED = -1.0e30
+
+
+@kernel
+def _paged_prefill_kernel(
+    out_ptr, q_ptr, key_cache_ptr, value_cache_ptr, block_tables_ptr, tiles_ptr,
+    query_start_ptr, context_lens_ptr,
+    scale, q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride,
+    block_size, num_kv_heads, head_dim,
+    GROUP: tl.constexpr, TILE_TOKENS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP32_DOT: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.load(tiles_ptr + 2 * tile)
+    first = tl.load(tiles_ptr + 2 * tile + 1)  # first new token of the tile, within the chunk
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    ctx = tl.load(context_lens_ptr + seq)
+
+    rows = tl.arange(0, BLOCK_M)
+    token = first + rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = (rows < TILE_TOKENS * GROUP) & (token < q_len)
+    q_pos = ctx - q_len + token  # absolute position of each query row
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    q_off = (q_start + token).to(tl.int64) * q_stride_t + head * q_stride_h
+    q = tl.load(q_ptr + q_off[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)  # fmt: skip
+
+    m_i = tl.full([BLOCK_M], MASKED, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    last_token = tl.minimum(first + TILE_TOKENS, q_len) - 1
+    key_end = ctx - q_len + last_token + 1  # keys the tile's last query row sees
+    table = block_tables_ptr + seq.to(tl.int64) * table_stride
+    row_elems = num_kv_heads * head_dim  # one cache slot: [Hkv, D] contiguous
+    for key_start in range(0, key_end, BLOCK_N):
+        keys = key_start + tl.arange(0, BLOCK_N)
+        key_ok = keys < key_end
+        block = tl.load(table + keys // block_size, mask=key_ok, other=0).to(tl.int64)
+        slot = block * block_size + keys % block_size
+        kv_off = slot * row_elems + kv_head * head_dim
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        k = tl.load(key_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if FP32_DOT:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * scale
+        visible = (keys[None, :] <= q_pos[:, None]) & key_ok[None, :]
+        s = tl.where(visible, s, MASKED)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(value_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if FP32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+    o_off = (q_start + token).to(tl.int64) * out_stride_t + head * out_stride_h
+    tl.store(out_ptr + o_off[:, None] + d[None, :], out.to(q.dtype),
+             mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+
+
+def _as_list(values) -> list[int]:
+    return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
+
+
+def _tiles(starts: list[int], lens: list[int], tile_tokens: int) -> list[int]:
+    """Flat (sequence, first token) pairs, longest sequences' tiles first, so the
+    longest-running programs start earliest. Checks the metadata on the host."""
+    tiles = []
+    for s, ctx in enumerate(lens):
+        q_len = starts[s + 1] - starts[s]
+        if q_len < 0 or ctx < q_len:
+            raise ValueError(
+                f"triton paged_prefill_attention: sequence {s} has context_len {ctx} "
+                f"< query_len {q_len}"
+            )
+        tiles += [(ctx, s, first) for first in range(0, q_len, tile_tokens)]
+    tiles.sort(key=lambda t: -t[0])
+    return [v for _, s, first in tiles for v in (s, first)]
+
+
+def paged_prefill_attention_triton(
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
+):
+    """kernels.paged_prefill_attention's triton backend (arguments checked there)."""
+    num_blocks, block_size, num_kv, head_dim = key_cache.shape
+    group = q.shape[1] // num_kv
+    block_m = max(BLOCK_M, next_power_of_2(group))
+    tile_tokens = block_m // group
+    starts, lens = _as_list(query_start_loc), _as_list(context_lens)
+    max_blocks = max((-(-n // block_size) for n in lens), default=0)
+    if max_blocks > block_tables.shape[1]:
+        raise ValueError(
+            f"triton paged_prefill_attention: a context needs {max_blocks} blocks but "
+            f"block_tables has {block_tables.shape[1]} columns"
+        )
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    tiles = _tiles(starts, lens, tile_tokens)
+    if not tiles:
+        return out
+    device = q.device
+    tiles_t = torch.tensor(tiles, dtype=torch.int32, device=device)
+    starts_t = torch.tensor(starts, dtype=torch.int32, device=device)
+    lens_t = torch.tensor(lens, dtype=torch.int32, device=device)
+    tables = block_tables.to(device=device, dtype=torch.int32)
+    if tables.stride(1) != 1:
+        tables = tables.contiguous()
+    launch(
+        _paged_prefill_kernel, (len(tiles) // 2, num_kv), device,
+        out, q, key_cache, value_cache, tables, tiles_t, starts_t, lens_t,
+        float(scale), q.stride(0), q.stride(1), out.stride(0), out.stride(1), tables.stride(0),
+        block_size, num_kv, head_dim,
+        GROUP=group, TILE_TOKENS=tile_tokens, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        BLOCK_D=max(16, next_power_of_2(head_dim)), FP32_DOT=q.dtype == torch.float32,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out
