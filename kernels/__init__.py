@@ -8,6 +8,7 @@ rules, environment variables and tolerances are in kernels/README.md.
 from .activation import silu_mul
 from .attention import varlen_causal_attention
 from .backend import BACKENDS, BackendUnavailableError
+from .fp8 import fp8_gemm, fp8_quantize
 from .backend import available_backends as _available_backends
 from .norm import fused_add_rms_norm, rms_norm
 from .paged_attention import paged_prefill_attention
@@ -25,6 +26,8 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "compute_cos_sin_cache",
+    "fp8_gemm",
+    "fp8_quantize",
     "fused_add_rms_norm",
     "paged_prefill_attention",
     "rms_norm",

@@ -46,6 +46,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("head_dim"), py::arg("block_tables"), py::arg("num_seqs"),
         py::arg("max_blocks_per_seq"), py::arg("query_start_loc"), py::arg("context_lens"),
         py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
+  m.def("fp8_quantize", &cpu::fp8_quantize, release(), py::arg("out"), py::arg("x"),
+        py::arg("rows"), py::arg("cols"), py::arg("out_stride"), py::arg("x_stride"),
+        py::arg("scale"), py::arg("granularity"), py::arg("dynamic"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("fp8_gemm", &cpu::fp8_gemm, release(), py::arg("out"), py::arg("out_stride"),
+        py::arg("a"), py::arg("a_stride"), py::arg("b"), py::arg("b_stride"), py::arg("m"),
+        py::arg("n"), py::arg("k"), py::arg("a_scale"), py::arg("a_per_token"),
+        py::arg("b_scale"), py::arg("b_per_channel"), py::arg("bias"), py::arg("out_dtype"),
+        py::arg("num_threads"));
 
   m.def("best_isa", [] { return cpu::isa_name(cpu::best_isa()); });
   m.def("active_isa", [] { return cpu::isa_name(cpu::active_isa()); });

@@ -74,6 +74,18 @@ struct AttentionUnit {
   int64_t first_pos;
 };
 
+// fp8_gemm: A decoded to fp32 [m, k] (contiguous), B E4M3 [n, k] (row stride
+// b_stride), lut the 256-entry E4M3 -> fp32 table.
+struct Fp8GemmArgs {
+  const float* a;
+  const uint8_t* b;
+  int64_t b_stride;
+  const float* lut;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+};
+
 // A kernel processes rows (or tokens) [begin, end); launchers split the range
 // across threads.
 using NormRowsFn = void (*)(const NormArgs&, int64_t begin, int64_t end);
@@ -81,6 +93,7 @@ using RopeRowsFn = void (*)(const RopeArgs&, int64_t begin, int64_t end);
 using SiluMulRowsFn = void (*)(const SiluMulArgs&, int64_t begin, int64_t end);
 using AttentionFn = void (*)(const AttentionArgs&, const AttentionUnit* units, int64_t begin,
                              int64_t end);
+using Fp8GemmPanelFn = void (*)(const Fp8GemmArgs&, int64_t n0, float* c, float* packed_b);
 
 // One instantiation of every kernel for one ISA, indexed by DTypeCode.
 struct KernelTable {
@@ -89,6 +102,7 @@ struct KernelTable {
   RopeRowsFn rope[3];
   SiluMulRowsFn silu_mul[3];
   AttentionFn paged_attention[3];
+  Fp8GemmPanelFn fp8_gemm_panel;
 };
 
 const KernelTable& scalar_kernels();

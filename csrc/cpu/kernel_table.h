@@ -4,6 +4,7 @@
 
 #include "activation_kernels.h"
 #include "attention_kernels.h"
+#include "fp8_kernels.h"
 #include "kernel_args.h"
 #include "norm_kernels.h"
 #include "rope_kernels.h"
@@ -22,6 +23,7 @@ constexpr KernelTable make_kernel_table() {
       {&silu_mul_rows<V, float>, &silu_mul_rows<V, bf16>, &silu_mul_rows<V, fp16>},
       {&paged_attention_units<V, float>, &paged_attention_units<V, bf16>,
        &paged_attention_units<V, fp16>},
+      &fp8_gemm_panel<V>,
   };
 }
 

@@ -57,4 +57,22 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                              uintptr_t query_start_loc, uintptr_t context_lens, double scale,
                              int dtype, int num_threads);
 
+// FP8 E4M3 quantization of x [rows, cols] into out (uint8 codes) with fp32
+// scales: granularity kFp8PerTensor (scale[0]), kFp8PerToken (scale[rows]) or
+// kFp8PerChannel (scale[cols]). dynamic: the scales are computed (largest
+// finite |x| / 448) and written to `scale`; otherwise they are read from it.
+enum Fp8Granularity : int { kFp8PerTensor = 0, kFp8PerToken = 1, kFp8PerChannel = 2 };
+void fp8_quantize(uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, int64_t out_stride,
+                  int64_t x_stride, uintptr_t scale, int granularity, bool dynamic, int dtype,
+                  int num_threads);
+
+// out [m, n] (out_dtype) = (A @ B^T) * a_scale * b_scale + bias with A [m, k] and
+// B [n, k] E4M3 codes (unit stride along k), fp32 accumulation, fp32 scales
+// (a: one or one per row; b: one or one per column of out), bias [n] in
+// out_dtype or 0 for none.
+void fp8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride, uintptr_t b,
+              int64_t b_stride, int64_t m, int64_t n, int64_t k, uintptr_t a_scale,
+              bool a_per_token, uintptr_t b_scale, bool b_per_channel, uintptr_t bias,
+              int out_dtype, int num_threads);
+
 }  // namespace reward_engine::cpu
