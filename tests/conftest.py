@@ -5,9 +5,20 @@ Checkpoints are built once per test session and cached by their settings.
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from engine.demo import make_checkpoint
+import torch
+
+# Triton fixes its mode when it is first imported (transformers' model imports pull it
+# in): on a machine without a GPU, the triton backend's tests run its kernels on CPU
+# tensors in Triton's interpreter, which must therefore be switched on before any
+# import below. With a GPU the kernels compile and the interpreter tests skip.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from engine.demo import make_checkpoint  # noqa: E402
 
 # Small enough to build and run in well under a second on 2 cores.
 TINY = dict(

@@ -1,84 +1,71 @@
-"""Kernels that compile for CUDA tensors and interpret for CPU tensors in one process.
+"""Where the Triton kernels can run in this process, and the launch helper.
 
-`triton.jit` decides at decoration time, from TRITON_INTERPRET, whether a kernel is
-compiled or interpreted, so a process that imported the kernels one way could never
-run them the other way (GPU tests beside interpreter tests). `kernel` keeps the raw
-function and builds both forms on first use; `launch` picks by the tensors' device.
+Triton fixes its mode once per process, when `triton` is first imported: with
+TRITON_INTERPRET=1 every `@triton.jit` function, triton.language's own (tl.sum,
+tl.max, ...) included, becomes an interpreted function that runs on CPU tensors with
+numpy; without it they compile for the GPU. The two never mix in one process, so:
+- CPU tensors need the interpreter mode (TRITON_INTERPRET=1 set before triton is
+  first imported; the test suite's conftest does that on machines without a GPU);
+- CUDA tensors need the compiled mode.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-import triton
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 
 INTERPRET_ENV = "TRITON_INTERPRET"
 
 
-def interpreter_enabled() -> bool:
-    """True when TRITON_INTERPRET asks for the interpreter (read on every call)."""
+def _env_interpret() -> bool:
     return os.environ.get(INTERPRET_ENV, "0").lower() in ("1", "true", "on", "yes")
 
 
+def interpreting() -> bool:
+    """Whether Triton runs (or, when not imported yet, will run) in interpreter mode."""
+    if "triton.language" not in sys.modules:
+        return _env_interpret()
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(sys.modules["triton.language"].sum, InterpretedFunction)
+
+
 def unavailable_reason(device: torch.device) -> str | None:
-    """None when Triton kernels can run on `device`, else why not."""
+    """None when the Triton kernels can run on `device` in this process, else why not."""
     if device.type == "cuda":
-        return None if torch.cuda.is_available() else "CUDA is not available"
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if interpreting():
+            return (
+                f"triton was imported with {INTERPRET_ENV}=1 (interpreter mode) in this process; "
+                "compiled kernels for CUDA tensors need it unset before triton is first imported"
+            )
+        return None
     if device.type == "cpu":
-        if interpreter_enabled():
+        if interpreting():
             return None
+        how = "was imported without it" if "triton.language" in sys.modules else "is not set"
         return (
-            "Triton kernels run on CPU tensors only in Triton's interpreter; "
-            f"set {INTERPRET_ENV}=1 (slow: meant for tests)"
+            f"Triton kernels run on CPU tensors only in Triton's interpreter (slow, for tests): "
+            f"set {INTERPRET_ENV}=1 before triton is first imported ({INTERPRET_ENV} {how})"
         )
     return f"Triton kernels do not run on {device.type} tensors"
 
 
-class Kernel:
-    """A Triton kernel source with a compiled (CUDA) and an interpreted (CPU) form.
-
-    `autotune` (optional) is a function applied to the compiled form only, e.g.
-    `triton.autotune(configs=..., key=[...])`; the interpreter runs the first config.
-    """
-
-    def __init__(self, fn, autotune=None):
-        self.fn = fn
-        self.autotune = autotune
-        self._compiled = None
-        self._interpreted = None
-
-    def on(self, device: torch.device):
-        if device.type == "cpu":
-            if self._interpreted is None:
-                self._interpreted = InterpretedFunction(self.fn)
-            return self._interpreted
-        if self._compiled is None:
-            compiled = JITFunction(self.fn)
-            self._compiled = self.autotune(compiled) if self.autotune else compiled
-        return self._compiled
-
-
-def kernel(fn=None, *, autotune=None):
-    """Decorator used in place of `@triton.jit` for the kernels of this package."""
-    if fn is None:
-        return lambda f: Kernel(f, autotune)
-    return Kernel(fn, autotune)
-
-
-def launch(k: Kernel, grid, device: torch.device, *args, **meta) -> None:
-    """Run kernel `k` over `grid` for tensors on `device` (CPU needs TRITON_INTERPRET=1)."""
+def launch(kernel, grid, device: torch.device, *args, **meta) -> None:
+    """kernel[grid](*args, **meta) on `device`, or RuntimeError saying why it cannot run."""
     reason = unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(reason)
     if device.type == "cuda":
         with torch.cuda.device(device):
-            k.on(device)[grid](*args, **meta)
+            kernel[grid](*args, **meta)
     else:
-        k.on(device)[grid](*args, **meta)
+        kernel[grid](*args, **meta)
 
 
 def next_power_of_2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    n = max(int(n), 1)
+    return 1 << (n - 1).bit_length()

@@ -10,14 +10,15 @@ Grid: (rows, column blocks of BLOCK), so a long row is spread over many programs
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from ._launch import kernel, launch, next_power_of_2
+from ._launch import launch, next_power_of_2
 
 BLOCK = 1024
 
 
-@kernel
+@triton.jit
 def _silu_mul_kernel(out_ptr, x_ptr, inter, out_stride, x_stride, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

@@ -13,15 +13,16 @@ equals torch's 16-bit arithmetic (fp32 has enough bits that double rounding is e
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from ._launch import kernel, launch, next_power_of_2
+from ._launch import launch, next_power_of_2
 
 # A row of up to this many elements is held in registers by one program.
 MAX_HIDDEN = 65536
 
 
-@kernel
+@triton.jit
 def _rms_norm_kernel(
     out_ptr, x_ptr, res_ptr, w_ptr,
     hidden, out_stride, x_stride, res_stride, eps,

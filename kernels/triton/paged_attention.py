@@ -20,16 +20,17 @@ exp(-inf - -inf); every real query row sees key 0, so its sum l is >= 1.
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from ._launch import kernel, launch, next_power_of_2
+from ._launch import launch, next_power_of_2
 
 BLOCK_M = 64  # query rows (tokens x GROUP) per program
 BLOCK_N = 64  # keys per tile
 MASKED = -1.0e30
 
 
-@kernel
+@triton.jit
 def _paged_prefill_kernel(
     out_ptr, q_ptr, key_cache_ptr, value_cache_ptr, block_tables_ptr, tiles_ptr,
     query_start_ptr, context_lens_ptr,

@@ -14,12 +14,13 @@ Positions and slots are range-checked on the host before the launch (IndexError)
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from ._launch import kernel, launch, next_power_of_2
+from ._launch import launch, next_power_of_2
 
 
-@kernel
+@triton.jit
 def _rope_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr, key_cache_ptr, value_cache_ptr, slot_ptr,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h,
