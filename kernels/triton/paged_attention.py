@@ -27,7 +27,7 @@ from ._launch import launch, next_power_of_2
 
 BLOCK_M = 64  # query rows (tokens x GROUP) per program
 BLOCK_N = 64  # keys per tile
-MASKED = -1.0e30
+MASKED = tl.constexpr(-1.0e30)  # a global a kernel reads must be constexpr
 
 
 @triton.jit
