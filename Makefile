@@ -50,7 +50,11 @@ $(VENV)/.test-deps: $(VENV)/.installed pyproject.toml
 
 test-deps: $(VENV)/.test-deps $(VENV)/.tokenizer
 
-demo: install $(VENV)/.tokenizer
+$(VENV)/.demo-deps: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q --no-build-isolation -e ".[demo]"
+	@touch $@
+
+demo: $(VENV)/.demo-deps $(VENV)/.tokenizer
 	$(PY) -m engine.demo --model $(MODEL) --input $(INPUT)
 
 test: test-deps
