@@ -8,8 +8,8 @@ rules, environment variables and tolerances are in kernels/README.md.
 from .activation import silu_mul
 from .attention import varlen_causal_attention
 from .backend import BACKENDS, BackendUnavailableError
-from .fp8 import fp8_gemm, fp8_quantize
 from .backend import available_backends as _available_backends
+from .fp8 import fp8_gemm, fp8_quantize
 from .norm import fused_add_rms_norm, rms_norm
 from .paged_attention import paged_prefill_attention
 from .rope import compute_cos_sin_cache, rope, rope_and_cache

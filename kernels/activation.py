@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _native
+from . import custom_ops
 from ._checks import check_dtype, check_same, rows_view
 from .backend import Op, triton_impl
+from .fp8 import FP8_DTYPE, fp8_quantize_reference, static_scale
 
 
 def silu_mul_reference(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -21,19 +22,38 @@ def silu_mul_reference(x: torch.Tensor, out: torch.Tensor | None = None) -> torc
     return F.silu(gate) * up if out is None else torch.mul(F.silu(gate), up, out=out)
 
 
-def silu_mul_cpu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """silu(gate) * up in fp32, rounded once (at most one rounding away from the reference)."""
+def silu_mul_native(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """cpu and cuda backends (torch.ops.reward_engine.silu_mul): silu(gate) * up in
+    fp32, rounded once (at most one rounding away from the reference)."""
     inter = x.shape[-1] // 2
     if out is None:
         out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
     x2 = rows_view("silu_mul", "x", x, 2 * inter, writable=False)
     out2 = rows_view("silu_mul", "out", out, inter, writable=True)
     if x2.shape[0]:
-        _native.cpu_module().silu_mul(
-            out2.data_ptr(), x2.data_ptr(), x2.shape[0], inter, out2.stride(0), x2.stride(0),
-            _native.dtype_code(x), _native.num_threads(),
-        )  # fmt: skip
+        custom_ops.silu_mul(out2, x2)
     return out
+
+
+silu_mul_cpu = silu_mul_cuda = silu_mul_native
+
+
+def silu_mul_fp8_reference(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp8_quantize(silu_mul_reference(x), scale)[0] with a static per-tensor scale."""
+    return fp8_quantize_reference(silu_mul_reference(x), scale, "tensor")[0]
+
+
+def silu_mul_fp8_native(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The fp32 product rounded to x's dtype, then to E4M3, in one pass over memory."""
+    inter = x.shape[-1] // 2
+    out = torch.empty((*x.shape[:-1], inter), dtype=FP8_DTYPE, device=x.device)
+    x2 = rows_view("silu_mul", "x", x, 2 * inter, writable=False)
+    if x2.shape[0]:
+        custom_ops.silu_mul_fp8(out.view(-1, inter).view(torch.uint8), x2, scale)
+    return out
+
+
+SILU_MUL_FP8 = Op("silu_mul_fp8", {"reference": silu_mul_fp8_reference, "cpu": silu_mul_fp8_native})
 
 
 SILU_MUL = Op(
@@ -47,10 +67,15 @@ SILU_MUL = Op(
 
 
 def silu_mul(
-    x: torch.Tensor, *, out: torch.Tensor | None = None, backend: str | None = None
+    x: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    fp8_scale: torch.Tensor | float | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """y = silu(x[..., :I]) * x[..., I:] for x [..., 2I]; returns [..., I] in x's dtype,
-    written into `out` when given (must not overlap x)."""
+    written into `out` when given (must not overlap x). fp8_scale (per-tensor fp32)
+    returns float8_e4m3fn: exactly fp8_quantize(y, fp8_scale)[0] (out= not allowed)."""
     check_dtype("silu_mul", "x", x)
     if x.dim() == 0 or x.shape[-1] == 0 or x.shape[-1] % 2:
         raise ValueError(f"silu_mul: last dim must be 2 * I > 0; got shape {tuple(x.shape)}")
@@ -60,4 +85,7 @@ def silu_mul(
             raise ValueError(
                 f"silu_mul: out {tuple(out.shape)} must be x's shape with half the last dim"
             )
+    if fp8_scale is not None:
+        scale = static_scale("silu_mul", fp8_scale, x, out)
+        return SILU_MUL_FP8.select(x.device, backend)(x, scale)
     return SILU_MUL.select(x.device, backend)(x, out)

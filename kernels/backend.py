@@ -102,7 +102,8 @@ class Op:
             if chosen == "reference" and candidates:
                 logger.debug("%s on %s falls back to reference: %s", self.name, device, reason)
         key = (device.type, chosen)
-        if key not in self._announced:
+        # torch.compile traces through select(); logging there would break the graph
+        if key not in self._announced and not torch.compiler.is_compiling():
             self._announced.add(key)
             logger.info("%s on %s tensors uses the %s backend", self.name, device.type, chosen)
         return self.impls[chosen]

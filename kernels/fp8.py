@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _native
+from . import _native, custom_ops
 from ._checks import check_dtype
 from .backend import Op
 
@@ -76,35 +76,46 @@ def fp8_gemm_reference(a, b, a_scale, b_scale, out_dtype, bias):
 # ----------------------------------------------------------------------------- cpu
 
 
-def fp8_quantize_cpu(x2, scale, granularity):
+def fp8_quantize_native(x2, scale, granularity):
+    """cpu and cuda backends: torch.ops.reward_engine.fp8_quantize on x's device."""
     dynamic = scale is None
     if dynamic:
-        scale = torch.empty(_scale_shape(x2, granularity), dtype=torch.float32)
-    out = torch.empty(x2.shape, dtype=FP8_DTYPE)
-    _native.cpu_module().fp8_quantize(
-        out.data_ptr(), x2.data_ptr(), x2.shape[0], x2.shape[1], out.stride(0), x2.stride(0),
-        scale.data_ptr(), _GRANULARITY_CODES[granularity], dynamic, _native.dtype_code(x2),
-        _native.num_threads(),
-    )  # fmt: skip
+        scale = torch.empty(_scale_shape(x2, granularity), dtype=torch.float32, device=x2.device)
+    out = torch.empty(x2.shape, dtype=FP8_DTYPE, device=x2.device)
+    custom_ops.fp8_quantize(
+        out.view(torch.uint8), x2, scale, _GRANULARITY_CODES[granularity], dynamic
+    )
     return out, scale
 
 
-def fp8_gemm_cpu(a, b, a_scale, b_scale, out_dtype, bias):
-    m, n = a.shape[0], b.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype)
-    _native.cpu_module().fp8_gemm(
-        out.data_ptr(), out.stride(0), a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(0),
-        m, n, a.shape[1], a_scale.data_ptr(), a_scale.numel() != 1, b_scale.data_ptr(),
-        b_scale.numel() != 1, 0 if bias is None else bias.data_ptr(),
-        _native.DTYPE_CODES[out_dtype], _native.num_threads(),
-    )  # fmt: skip
+def fp8_gemm_native(a, b, a_scale, b_scale, out_dtype, bias):
+    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
+    if out.numel():
+        u8 = torch.uint8
+        custom_ops.fp8_gemm(out, a.view(u8), b.view(u8), a_scale, b_scale, bias)
     return out
+
+
+fp8_quantize_cpu = fp8_quantize_cuda = fp8_quantize_native
+fp8_gemm_cpu = fp8_gemm_cuda = fp8_gemm_native
 
 
 # ----------------------------------------------------------------------------- public ops
 
-FP8_QUANTIZE = Op("fp8_quantize", {"reference": fp8_quantize_reference, "cpu": fp8_quantize_cpu})
-FP8_GEMM = Op("fp8_gemm", {"reference": fp8_gemm_reference, "cpu": fp8_gemm_cpu})
+FP8_QUANTIZE = Op(
+    "fp8_quantize",
+    {"reference": fp8_quantize_reference, "cpu": fp8_quantize_cpu, "cuda": fp8_quantize_cuda},
+)
+FP8_GEMM = Op(
+    "fp8_gemm", {"reference": fp8_gemm_reference, "cpu": fp8_gemm_cpu, "cuda": fp8_gemm_cuda}
+)
+
+
+def static_scale(op: str, scale, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The fp8_scale= argument of the FP8-output ops as a 0-dim fp32 tensor on x's device."""
+    if out is not None:
+        raise ValueError(f"{op}: out= and fp8_scale= cannot be combined")
+    return _as_scale(op, scale, 1, (), x.device)
 
 
 def _as_scale(op: str, scale, numel: int, shape: tuple[int, ...], device) -> torch.Tensor:

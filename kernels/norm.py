@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from . import _native
+from . import custom_ops
 from ._checks import check_dtype, check_same, rows_view
 from .backend import Op, triton_impl
+from .fp8 import FP8_DTYPE, fp8_quantize_reference, static_scale
 
 # ----------------------------------------------------------------------------- reference
 
@@ -47,60 +48,74 @@ def fused_add_rms_norm_reference(
 # ----------------------------------------------------------------------------- cpu / cuda
 
 
-def _output(op, x, hidden, out):
+def _output(op, x, hidden, out, dtype=None):
     """out as [rows, hidden] (a new tensor when None), and the tensor to return."""
     if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
     return rows_view(op, "out", out, hidden, writable=True), out
 
 
-def _rms_norm_native(module, x, weight, eps, out, **stream):
+def rms_norm_native(x, weight, eps, out=None):
+    """cpu and cuda backends: torch.ops.reward_engine.rms_norm on x's device."""
     x2 = rows_view("rms_norm", "x", x, weight.shape[0], writable=False)
     out2, out = _output("rms_norm", x, weight.shape[0], out)
     if x2.shape[0]:
-        module.rms_norm(
-            out2.data_ptr(), x2.data_ptr(), weight.data_ptr(), x2.shape[0], x2.shape[1],
-            out2.stride(0), x2.stride(0), float(eps), _native.dtype_code(x), **stream,
-        )  # fmt: skip
+        custom_ops.rms_norm(out2, x2, weight, float(eps))
     return out
 
 
-def _fused_add_rms_norm_native(module, x, residual, weight, eps, out, **stream):
+def fused_add_rms_norm_native(x, residual, weight, eps, out=None):
     hidden = weight.shape[0]
     x2 = rows_view("fused_add_rms_norm", "x", x, hidden, writable=False)
     r2 = rows_view("fused_add_rms_norm", "residual", residual, hidden, writable=True)
     out2, out = _output("fused_add_rms_norm", x, hidden, out)
     if x2.shape[0]:
-        module.fused_add_rms_norm(
-            out2.data_ptr(), x2.data_ptr(), r2.data_ptr(), weight.data_ptr(), x2.shape[0],
-            hidden, out2.stride(0), x2.stride(0), r2.stride(0), float(eps),
-            _native.dtype_code(x), **stream,
-        )  # fmt: skip
+        custom_ops.fused_add_rms_norm(out2, x2, r2, weight, float(eps))
     return out
 
 
-def rms_norm_cpu(x, weight, eps, out=None):
-    module, threads = _native.cpu_module(), _native.num_threads()
-    return _rms_norm_native(module, x, weight, eps, out, num_threads=threads)
+rms_norm_cpu = rms_norm_cuda = rms_norm_native
+fused_add_rms_norm_cpu = fused_add_rms_norm_cuda = fused_add_rms_norm_native
 
 
-def fused_add_rms_norm_cpu(x, residual, weight, eps, out=None):
-    module, threads = _native.cpu_module(), _native.num_threads()
-    return _fused_add_rms_norm_native(module, x, residual, weight, eps, out, num_threads=threads)
+# ----------------------------------------------------------------------------- FP8 output
 
 
-def rms_norm_cuda(x, weight, eps, out=None):
-    with torch.cuda.device(x.device):
-        stream = _native.cuda_stream(x)
-        return _rms_norm_native(_native.cuda_module(), x, weight, eps, out, stream=stream)
+def rms_norm_fp8_reference(x, weight, eps, scale):
+    """fp8_quantize(rms_norm_reference(x, weight, eps), scale): quantize the
+    activation-dtype result with a static per-tensor scale."""
+    return fp8_quantize_reference(rms_norm_reference(x, weight, eps), scale, "tensor")[0]
 
 
-def fused_add_rms_norm_cuda(x, residual, weight, eps, out=None):
-    with torch.cuda.device(x.device):
-        stream = _native.cuda_stream(x)
-        return _fused_add_rms_norm_native(
-            _native.cuda_module(), x, residual, weight, eps, out, stream=stream
-        )
+def fused_add_rms_norm_fp8_reference(x, residual, weight, eps, scale):
+    y = fused_add_rms_norm_reference(x, residual, weight, eps)
+    return fp8_quantize_reference(y, scale, "tensor")[0]
+
+
+def rms_norm_fp8_native(x, weight, eps, scale):
+    """One pass: the row kernel into a small scratch buffer, then E4M3 codes."""
+    x2 = rows_view("rms_norm", "x", x, weight.shape[0], writable=False)
+    out2, out = _output("rms_norm", x, weight.shape[0], None, FP8_DTYPE)
+    if x2.shape[0]:
+        custom_ops.rms_norm_fp8(out2.view(torch.uint8), x2, weight, float(eps), scale)
+    return out
+
+
+def fused_add_rms_norm_fp8_native(x, residual, weight, eps, scale):
+    hidden = weight.shape[0]
+    x2 = rows_view("fused_add_rms_norm", "x", x, hidden, writable=False)
+    r2 = rows_view("fused_add_rms_norm", "residual", residual, hidden, writable=True)
+    out2, out = _output("fused_add_rms_norm", x, hidden, None, FP8_DTYPE)
+    if x2.shape[0]:
+        custom_ops.fused_add_rms_norm_fp8(out2.view(torch.uint8), x2, r2, weight, float(eps), scale)
+    return out
+
+
+RMS_NORM_FP8 = Op("rms_norm_fp8", {"reference": rms_norm_fp8_reference, "cpu": rms_norm_fp8_native})
+FUSED_ADD_RMS_NORM_FP8 = Op(
+    "fused_add_rms_norm_fp8",
+    {"reference": fused_add_rms_norm_fp8_reference, "cpu": fused_add_rms_norm_fp8_native},
+)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -149,6 +164,7 @@ def rms_norm(
     eps: float,
     *,
     out: torch.Tensor | None = None,
+    fp8_scale: torch.Tensor | float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """y = RMSNorm(x) * weight over the last dim (HF LlamaRMSNorm numerics).
@@ -157,9 +173,15 @@ def rms_norm(
     Returns a new tensor shaped like x, or writes into `out` (which may be x itself)
     and returns it: reusing a buffer skips the page faults of a fresh allocation,
     which cost as much as the kernel at large sizes on CPU.
+
+    fp8_scale (a per-tensor fp32 scale) returns float8_e4m3fn instead: exactly
+    fp8_quantize(y, fp8_scale)[0] of the activation-dtype y (out= not allowed).
     """
     weight = _check_weight("rms_norm", x, weight)
     _check_out("rms_norm", x, out)
+    if fp8_scale is not None:
+        scale = static_scale("rms_norm", fp8_scale, x, out)
+        return RMS_NORM_FP8.select(x.device, backend)(x, weight, eps, scale)
     return RMS_NORM.select(x.device, backend)(x, weight, eps, out)
 
 
@@ -170,6 +192,7 @@ def fused_add_rms_norm(
     eps: float,
     *,
     out: torch.Tensor | None = None,
+    fp8_scale: torch.Tensor | float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """residual <- x + residual (in place); returns RMSNorm(residual) * weight.
@@ -177,6 +200,7 @@ def fused_add_rms_norm(
     x and residual have the same shape [..., H]; residual must be viewable as
     [rows, H] with a contiguous last dim (it is written in place). `out` works as in
     rms_norm; out=x gives the fully in-place form (x <- normed, residual <- sum).
+    fp8_scale works as in rms_norm (the residual is still updated in its dtype).
     """
     weight = _check_weight("fused_add_rms_norm", x, weight)
     check_same("fused_add_rms_norm", "x", x, residual=residual)
@@ -185,4 +209,8 @@ def fused_add_rms_norm(
             f"fused_add_rms_norm: residual {tuple(residual.shape)} must match x {tuple(x.shape)}"
         )
     _check_out("fused_add_rms_norm", x, out)
+    if fp8_scale is not None:
+        scale = static_scale("fused_add_rms_norm", fp8_scale, x, out)
+        impl = FUSED_ADD_RMS_NORM_FP8.select(x.device, backend)
+        return impl(x, residual, weight, eps, scale)
     return FUSED_ADD_RMS_NORM.select(x.device, backend)(x, residual, weight, eps, out)

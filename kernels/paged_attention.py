@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _native
+from . import custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
 
@@ -55,24 +55,23 @@ def paged_prefill_attention_reference(
     return out
 
 
-def paged_prefill_attention_cpu(
+def paged_prefill_attention_native(
     q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
 ):
-    """fp32 online softmax over chunks of 64 keys; see csrc/cpu/attention_kernels.h."""
-    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
+    """cpu: fp32 online softmax over chunks of 64 keys (csrc/cpu/attention_kernels.h);
+    cuda: one thread block per (query tile, q head) (csrc/cuda/attention_kernels.cuh).
+    Both through torch.ops.reward_engine.paged_prefill_attention."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    starts = torch.as_tensor(query_start_loc, dtype=torch.int64).contiguous()
-    lens = torch.as_tensor(context_lens, dtype=torch.int64).contiguous()
-    tables = block_tables.to(torch.int32).contiguous()
-    _native.cpu_module().paged_prefill_attention(
-        out.data_ptr(), out.stride(0), out.stride(1),
-        q.data_ptr(), q.stride(0), q.stride(1), q.shape[0], q.shape[1],
-        key_cache.data_ptr(), value_cache.data_ptr(), num_blocks, block_size, num_kv_heads,
-        head_dim, tables.data_ptr(), tables.shape[0], tables.shape[1],
-        starts.data_ptr(), lens.data_ptr(), float(scale), _native.dtype_code(q),
-        _native.num_threads(),
-    )  # fmt: skip
+    starts = torch.as_tensor(query_start_loc, dtype=torch.int64, device=q.device).contiguous()
+    lens = torch.as_tensor(context_lens, dtype=torch.int64, device=q.device).contiguous()
+    tables = block_tables.to(device=q.device, dtype=torch.int32).contiguous()
+    custom_ops.paged_prefill_attention(
+        out, q, key_cache, value_cache, tables, starts, lens, float(scale)
+    )
     return out
+
+
+paged_prefill_attention_cpu = paged_prefill_attention_cuda = paged_prefill_attention_native
 
 
 PAGED_PREFILL_ATTENTION = Op(

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from . import _native
+from . import custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
 
@@ -118,15 +118,13 @@ def rope_reference(q, k, positions, cos_sin_cache):
 # ----------------------------------------------------------------------------- cpu
 
 
-def rope_cpu(q, k, positions, cos_sin_cache):
-    _native.cpu_module().rope(
-        q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
-        k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
-        positions.data_ptr(), positions.dtype == torch.int64,
-        cos_sin_cache.data_ptr(), cos_sin_cache.shape[0], q.shape[0], q.shape[2],
-        _native.dtype_code(q), _native.num_threads(),
-    )  # fmt: skip
+def rope_native(q, k, positions, cos_sin_cache):
+    """cpu and cuda backends: torch.ops.reward_engine.rope on q's device."""
+    custom_ops.rope(q, k, positions, cos_sin_cache)
     return q, k
+
+
+rope_cpu = rope_native
 
 
 # ----------------------------------------------------------------------------- public op
@@ -156,18 +154,15 @@ def rope_and_cache_reference(
     return q, k
 
 
-def rope_and_cache_cpu(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
-    _native.cpu_module().rope_and_cache(
-        q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
-        k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
-        v.data_ptr(), v.stride(0), v.stride(1),
-        positions.data_ptr(), positions.dtype == torch.int64,
-        cos_sin_cache.data_ptr(), cos_sin_cache.shape[0],
-        key_cache.data_ptr(), value_cache.data_ptr(), key_cache.shape[0] * key_cache.shape[1],
-        slot_mapping.data_ptr(), slot_mapping.dtype == torch.int64,
-        q.shape[0], q.shape[2], _native.dtype_code(q), _native.num_threads(),
-    )  # fmt: skip
+def rope_and_cache_native(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
+    """cpu and cuda backends: torch.ops.reward_engine.rope_and_cache on q's device."""
+    custom_ops.rope_and_cache(
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
+    )
     return q, k
+
+
+rope_and_cache_cpu = rope_and_cache_cuda = rope_and_cache_native
 
 
 ROPE_AND_CACHE = Op(

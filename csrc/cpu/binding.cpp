@@ -55,6 +55,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n"), py::arg("k"), py::arg("a_scale"), py::arg("a_per_token"),
         py::arg("b_scale"), py::arg("b_per_channel"), py::arg("bias"), py::arg("out_dtype"),
         py::arg("num_threads"));
+  m.def("rms_norm_fp8", &cpu::rms_norm_fp8, release(), py::arg("out"), py::arg("x"),
+        py::arg("weight"), py::arg("rows"), py::arg("hidden"), py::arg("out_stride"),
+        py::arg("x_stride"), py::arg("eps"), py::arg("scale"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("fused_add_rms_norm_fp8", &cpu::fused_add_rms_norm_fp8, release(), py::arg("out"),
+        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("rows"), py::arg("hidden"),
+        py::arg("out_stride"), py::arg("x_stride"), py::arg("residual_stride"), py::arg("eps"),
+        py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
+  m.def("silu_mul_fp8", &cpu::silu_mul_fp8, release(), py::arg("out"), py::arg("x"),
+        py::arg("rows"), py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"),
+        py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
 
   m.def("best_isa", [] { return cpu::isa_name(cpu::best_isa()); });
   m.def("active_isa", [] { return cpu::isa_name(cpu::active_isa()); });

@@ -75,4 +75,17 @@ void fp8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride, 
               bool a_per_token, uintptr_t b_scale, bool b_per_channel, uintptr_t bias,
               int out_dtype, int num_threads);
 
+// FP8 output forms: the same results in the activation dtype, then quantized
+// to E4M3 codes (uint8, row stride out_stride) with the static per-tensor
+// fp32 scale at `scale` (exactly fp8_quantize of the activation-dtype output).
+void rms_norm_fp8(uintptr_t out, uintptr_t x, uintptr_t weight, int64_t rows, int64_t hidden,
+                  int64_t out_stride, int64_t x_stride, double eps, uintptr_t scale, int dtype,
+                  int num_threads);
+void fused_add_rms_norm_fp8(uintptr_t out, uintptr_t x, uintptr_t residual, uintptr_t weight,
+                            int64_t rows, int64_t hidden, int64_t out_stride, int64_t x_stride,
+                            int64_t residual_stride, double eps, uintptr_t scale, int dtype,
+                            int num_threads);
+void silu_mul_fp8(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t out_stride,
+                  int64_t x_stride, uintptr_t scale, int dtype, int num_threads);
+
 }  // namespace reward_engine::cpu
