@@ -129,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'id':<14} {'reward':>22}  conversation")
     print(f"{'-' * 14} {'-' * 22}  {'-' * 60}")
     for n, ex in enumerate(examples, 1):
+        name = str(ex.get("id", n))
         if "responses" in ex:
+            # one row per response: best-of-N is read down the column
             rewards = engine.score_responses(ex["prompt"], ex["responses"])
-        else:
-            conv = ex.get("messages") or engine.chat.conversation(ex["prompt"], ex["response"])
-            rewards = engine.score([conv])
-        shown = ", ".join(_fmt(r) for r in rewards)
-        print(f"{str(ex.get('id', n)):<14} {shown:>22}  {_label(ex)}")
+            for i, (resp, r) in enumerate(zip(ex["responses"], rewards, strict=True)):
+                row = {"prompt": ex["prompt"], "response": resp}
+                print(f"{f'{name}[{i}]':<14} {_fmt(r):>22}  {_label(row)}")
+            continue
+        conv = ex.get("messages") or engine.chat.conversation(ex["prompt"], ex["response"])
+        print(f"{name:<14} {_fmt(engine.score([conv])[0]):>22}  {_label(ex)}")
     if (model_dir / "config.json").is_file() and "demo" in model_dir.name:
         print("\n(demo checkpoint: random weights, so these rewards carry no meaning)")
     return 0

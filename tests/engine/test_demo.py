@@ -19,4 +19,5 @@ def test_demo_prints_one_row_per_example(tiny_checkpoint, capsys):
             assert str(ex["id"]) in out
     rows = [line for line in out.splitlines() if line[:1] not in ("", "-", "(") and "reward" not in line
             and not line.startswith("model:")]
-    assert len(rows) == len(examples)
+    expected = sum(len(ex.get("responses", [None])) for ex in examples)  # a row per response
+    assert len(rows) == expected
