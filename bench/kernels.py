@@ -1,0 +1,558 @@
+"""Kernel microbenchmarks: every op, every backend that runs here, against a PyTorch
+baseline timed in the same run, with a roofline measured in the same run.
+
+Baselines: the unfused PyTorch ops of the `reference` backend (norms, silu_mul, rope,
+fp8_quantize); torch SDPA on the equivalent contiguous tensors for attention (causal,
+GQA); torch._scaled_mm for the FP8 GEMM on a GPU. Rooflines: a large tensor copy
+(read + write bytes / time) for bandwidth-bound ops and a large bf16 matmul for
+compute-bound ones. Each row reports the median time, GB/s or TFLOP/s, the share of
+the roofline and the speedup over the baseline; the header names the device, the
+versions and the date. Writes bench/results/kernels_<device>.md and .json.
+
+    python bench/kernels.py                  # CPU: cpu and reference backends (~4 min)
+    python bench/kernels.py --device cuda    # GPU: cuda and triton backends, GPU targets
+    python bench/kernels.py --only attention --quick
+
+Not a test: pytest collects tests/ only. The `triton` backend is measured on CUDA
+tensors only (on CPU it runs in Triton's interpreter, which is for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import kernels  # noqa: E402
+from kernels import backend as dispatch  # noqa: E402
+from kernels.activation import SILU_MUL  # noqa: E402
+from kernels.norm import FUSED_ADD_RMS_NORM, RMS_NORM  # noqa: E402
+from kernels.paged_attention import PAGED_PREFILL_ATTENTION  # noqa: E402
+from kernels.rope import ROPE_AND_CACHE  # noqa: E402
+
+# Llama-3.x shapes: (hidden, intermediate, q heads, kv heads, head_dim)
+MODELS = {"70b": (8192, 28672, 64, 8, 128), "8b": (4096, 14336, 32, 8, 128),
+          "1b": (2048, 8192, 32, 8, 64)}  # fmt: skip
+FP8_GEMM_SHAPES = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672)]  # (N, K), 70B
+
+
+@dataclass
+class Case:
+    """One op at one shape: callables per backend, the baseline, and the work done."""
+
+    op: str
+    shape: str
+    dtype: torch.dtype
+    runs: dict[str, object]  # label -> zero-argument callable
+    baseline: str  # the label in `runs` the others are compared with
+    bytes: float = 0.0  # memory traffic of one call (bandwidth-bound ops)
+    flops: float = 0.0  # arithmetic of one call (compute-bound ops)
+    note: str = ""
+    rows: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _summary(times: list[float]) -> dict:
+    times = sorted(times)
+    return {"median_s": statistics.median(times), "min_s": times[0],
+            "p90_s": times[int(0.9 * (len(times) - 1))], "reps": len(times)}  # fmt: skip
+
+
+def time_round_robin(fns: dict, device: torch.device, min_time: float, max_reps: int = 200):
+    """Per-callable timing summaries. The callables are timed in turns (one call of each
+    per round, at least 5 rounds, until each has had about `min_time`), so load from
+    other processes or clock changes hit all of them alike; CUDA times come from events."""
+    errors = {}
+    for label, fn in fns.items():  # warm-up: compilation, autotuning, allocator, caches
+        try:
+            for _ in range(1 if device.type == "cpu" else 3):
+                fn()
+        except Exception as exc:  # a backend that fails here is reported, not fatal
+            errors[label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    sync(device)
+    live = {k: v for k, v in fns.items() if k not in errors}
+    times: dict[str, list[float]] = {k: [] for k in live}
+    began = time.perf_counter()
+    while live:
+        for label, fn in live.items():
+            times[label].append(_time_once(fn, device))
+        rounds = len(next(iter(times.values())))
+        spent = time.perf_counter() - began
+        if rounds >= max_reps or (rounds >= 5 and spent >= min_time * len(live)):
+            break
+    return {**{k: _summary(v) for k, v in times.items()}, **errors}
+
+
+def time_call(fn, device: torch.device, min_time: float, max_reps: int = 200) -> dict:
+    return time_round_robin({"fn": fn}, device, min_time, max_reps)["fn"]
+
+
+def rooflines(device: torch.device, quick: bool) -> dict:
+    """Copy bandwidth (GB/s, read + write) and bf16 matmul TFLOP/s measured now."""
+    n_bytes = (256 if device.type == "cpu" else 2048) << 20
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    copy = time_call(lambda: dst.copy_(src), device, 0.5 if quick else 1.0)
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(torch.bfloat16)
+    b = torch.randn(n, n, device=device).to(torch.bfloat16)
+    mm = time_call(lambda: a @ b, device, 0.5 if quick else 1.0, max_reps=20)
+    return {
+        "copy_GBps": 2 * n_bytes / copy["median_s"] / 1e9,
+        "copy_bytes": n_bytes,
+        "matmul_TFLOPs": 2 * n**3 / mm["median_s"] / 1e12,
+        "matmul_n": n,
+    }
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def _backends(op, device: torch.device, wanted: list[str]) -> list[str]:
+    usable = dispatch.available_backends(op, device)
+    return [b for b in wanted if b in usable]
+
+
+def norm_cases(device, dtype, model, tokens, wanted) -> list[Case]:
+    hidden = MODELS[model][0]
+    x = torch.randn(tokens, hidden, device=device).to(dtype)
+    res = torch.randn(tokens, hidden, device=device).to(dtype)
+    w = torch.randn(hidden, device=device).to(dtype)
+    out = torch.empty_like(x)
+    label = f"{model} [{tokens}, {hidden}]"
+    item = x.element_size() * tokens * hidden
+    runs = {"torch (unfused)": lambda: kernels.rms_norm(x, w, 1e-5, backend="reference")}
+    for b in _backends(RMS_NORM, device, wanted):
+        runs[b] = lambda b=b: kernels.rms_norm(x, w, 1e-5, backend=b)
+        runs[f"{b}, out="] = lambda b=b: kernels.rms_norm(x, w, 1e-5, out=out, backend=b)
+    norm = Case("rms_norm", label, dtype, runs, "torch (unfused)", bytes=2 * item)
+    runs = {"torch (unfused)": lambda: kernels.fused_add_rms_norm(
+        x, res, w, 1e-5, backend="reference")}  # fmt: skip
+    for b in _backends(FUSED_ADD_RMS_NORM, device, wanted):
+        runs[b] = lambda b=b: kernels.fused_add_rms_norm(x, res, w, 1e-5, backend=b)
+        runs[f"{b}, out="] = lambda b=b: kernels.fused_add_rms_norm(
+            x, res, w, 1e-5, out=out, backend=b)  # fmt: skip
+    note = ("`cpu`/`cuda`/`triton`: a fresh output per call (what engine/model.py does "
+            "today); `, out=`: the output written into a reused buffer")  # fmt: skip
+    fused = Case("fused_add_rms_norm", label, dtype, runs, "torch (unfused)", bytes=4 * item,
+                 note=note)  # fmt: skip
+    return [norm, fused]
+
+
+def silu_cases(device, dtype, model, tokens, wanted) -> list[Case]:
+    inter = MODELS[model][1]
+    x = torch.randn(tokens, 2 * inter, device=device).to(dtype)
+    out = torch.empty(tokens, inter, device=device, dtype=dtype)
+    runs = {"torch (unfused)": lambda: kernels.silu_mul(x, backend="reference")}
+    for b in _backends(SILU_MUL, device, wanted):
+        runs[b] = lambda b=b: kernels.silu_mul(x, backend=b)
+        runs[f"{b}, out="] = lambda b=b: kernels.silu_mul(x, out=out, backend=b)
+    return [Case("silu_mul", f"{model} [{tokens}, 2 x {inter}]", dtype, runs, "torch (unfused)",
+                 bytes=3 * x.element_size() * tokens * inter)]  # fmt: skip
+
+
+def rope_cases(device, dtype, model, tokens, wanted) -> list[Case]:
+    _, _, hq, hkv, d = MODELS[model]
+    qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=device).to(dtype)
+    q = qkv[:, : hq * d].view(tokens, hq, d)
+    k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+    v = qkv[:, (hq + hkv) * d :].view(tokens, hkv, d)
+    cache = kernels.compute_cos_sin_cache(d, 8192, 500000.0, device=device)
+    positions = torch.randint(0, 8192, (tokens,), device=device)
+    block = 16
+    kc = torch.empty(-(-tokens // block) + 1, block, hkv, d, device=device, dtype=dtype)
+    vc = torch.empty_like(kc)
+    slots = torch.randperm(kc.shape[0] * block, device=device)[:tokens]
+    args = (q, k, v, positions, cache, kc, vc, slots)
+    runs = {"torch (unfused)": lambda: kernels.rope_and_cache(*args, backend="reference")}
+    for b in _backends(ROPE_AND_CACHE, device, wanted):
+        runs[b] = lambda b=b: kernels.rope_and_cache(*args, backend=b)
+    # read and write q and k, read v, write k and v to the cache, read positions and cos/sin
+    traffic = qkv.element_size() * tokens * d * (2 * hq + 5 * hkv) + 4 * tokens * d
+    return [Case("rope_and_cache", f"{model} {tokens} tokens, {hq}q/{hkv}kv d{d}", dtype, runs,
+                 "torch (unfused)", bytes=traffic)]  # fmt: skip
+
+
+def attention_cases(device, dtype, config, wanted, with_reference=True) -> list[Case]:
+    num_seqs, seq_len, hq, hkv, d = config
+    block = 16
+    g = torch.Generator().manual_seed(0)
+    blocks_per_seq = -(-seq_len // block)
+    kc = torch.randn(num_seqs * blocks_per_seq, block, hkv, d, generator=g).to(dtype)
+    vc = torch.randn(kc.shape, generator=g).to(dtype)
+    q = torch.randn(num_seqs * seq_len, hq, d, generator=g).to(dtype)
+    tables = torch.randperm(kc.shape[0], generator=g).view(num_seqs, blocks_per_seq)
+    kc, vc, q, tables = kc.to(device), vc.to(device), q.to(device), tables.to(device).int()
+    starts = [i * seq_len for i in range(num_seqs + 1)]
+    lens = [seq_len] * num_seqs
+    scale = d**-0.5
+    # SDPA on the same keys as contiguous [S, H, L, D] tensors (gathered outside the timing)
+    k4 = kc[tables.long()].reshape(num_seqs, -1, hkv, d)[:, :seq_len].transpose(1, 2)
+    v4 = vc[tables.long()].reshape(num_seqs, -1, hkv, d)[:, :seq_len].transpose(1, 2)
+    q4 = q.view(num_seqs, seq_len, hq, d).transpose(1, 2)
+    k4, v4, q4 = k4.contiguous(), v4.contiguous(), q4.contiguous()
+    sdpa = "torch SDPA (contiguous)"
+    runs = {sdpa: lambda: F.scaled_dot_product_attention(
+        q4, k4, v4, is_causal=True, scale=scale, enable_gqa=True)}  # fmt: skip
+    if device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        k_rep = k4.repeat_interleave(hq // hkv, dim=1)
+        v_rep = v4.repeat_interleave(hq // hkv, dim=1)
+
+        def flash():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q4, k_rep, v_rep, is_causal=True,
+                                                      scale=scale)  # fmt: skip
+
+        runs["torch SDPA-flash (kv repeated)"] = flash
+    args = (q, kc, vc, tables, starts, lens, scale)
+    if with_reference:
+        runs["reference"] = lambda: kernels.paged_prefill_attention(*args, backend="reference")
+    for b in _backends(PAGED_PREFILL_ATTENTION, device, wanted):
+        runs[b] = lambda b=b: kernels.paged_prefill_attention(*args, backend=b)
+    flops = 4.0 * num_seqs * hq * d * seq_len * (seq_len + 1) / 2  # causal: half the scores
+    return [Case("paged_prefill_attention",
+                 f"{num_seqs} x {seq_len} tokens, {hq}q/{hkv}kv d{d}, block 16", dtype, runs,
+                 sdpa, flops=flops)]  # fmt: skip
+
+
+def fp8_quantize_cases(device, m, k, wanted) -> list[Case]:
+    from kernels.fp8 import FP8_QUANTIZE
+
+    x = torch.randn(m, k, device=device).to(torch.bfloat16)
+    runs = {"torch (unfused)": lambda: kernels.fp8_quantize(
+        x, granularity="token", backend="reference")}  # fmt: skip
+    for bk in _backends(FP8_QUANTIZE, device, wanted):
+        runs[bk] = lambda bk=bk: kernels.fp8_quantize(x, granularity="token", backend=bk)
+    return [Case("fp8_quantize (per token)", f"[{m}, {k}]", torch.bfloat16, runs,
+                 "torch (unfused)", bytes=3 * m * k)]  # fmt: skip
+
+
+def fp8_gemm_cases(device, m, n, k, wanted) -> list[Case]:
+    """a per-token scales, b per-output-channel scales, bf16 output."""
+    from kernels.fp8 import FP8_GEMM
+
+    aq, a_s = kernels.fp8_quantize(torch.randn(m, k, device=device), granularity="token")
+    bq, b_s = kernels.fp8_quantize(torch.randn(n, k, device=device), granularity="token")
+    a_s, b_s = a_s.reshape(-1), b_s.reshape(-1)
+    if device.type == "cuda":
+        base = "torch._scaled_mm"
+        runs = {base: lambda: torch._scaled_mm(aq, bq.t(), scale_a=a_s.view(-1, 1),
+                                               scale_b=b_s.view(1, -1),
+                                               out_dtype=torch.bfloat16)}  # fmt: skip
+    else:
+        base = "reference"
+        runs = {base: lambda: kernels.fp8_gemm(aq, bq, a_s, b_s, backend="reference")}
+    for bk in _backends(FP8_GEMM, device, wanted):
+        runs[bk] = lambda bk=bk: kernels.fp8_gemm(aq, bq, a_s, b_s, backend=bk)
+    return [Case("fp8_gemm (token x channel scales)", f"M={m} N={n} K={k}", torch.bfloat16,
+                 runs, base, flops=2.0 * m * n * k)]  # fmt: skip
+
+
+def plan(device: torch.device, quick: bool) -> tuple[list, str]:
+    """Builders of this device's cases (each makes its inputs when called, so only one
+    case's tensors are alive at a time), and a line on which shapes were reduced."""
+    bf16 = torch.bfloat16
+    if device.type == "cpu":
+        wanted = ["cpu"]
+        t = 1024 if quick else 4096
+        builders = [partial(norm_cases, device, bf16, m, t, wanted) for m in ("70b", "1b")]
+        builders += [partial(silu_cases, device, bf16, "70b", 256 if quick else 1024, wanted),
+                     partial(silu_cases, device, bf16, "1b", t, wanted)]  # fmt: skip
+        builders += [partial(rope_cases, device, bf16, m, t, wanted) for m in ("70b", "1b")]
+        attn = [(8, 512, 32, 8, 128), (2, 512, 64, 8, 128), (8, 512, 32, 8, 64)]
+        builders += [partial(attention_cases, device, bf16, c, wanted)
+                     for c in (attn[:1] if quick else attn)]  # fmt: skip
+        builders += [partial(fp8_quantize_cases, device, t, 8192, wanted),
+                     partial(fp8_gemm_cases, device, 64, 1024, 2048, wanted)]  # fmt: skip
+        reduced = (
+            "CPU shapes are reduced where a 70B shape would take minutes on 2 cores: "
+            f"silu_mul 70b at {256 if quick else 1024} tokens; attention at 512 tokens per "
+            "sequence (8 sequences with 8B heads 32q/8kv, the CPU target; 2 sequences with 70B "
+            "heads 64q/8kv; 8 with 1B heads); fp8_gemm at M=64 N=1024 K=2048 (the CPU path is "
+            "an exact emulation for accuracy, not a fast path). The triton backend is not "
+            "timed on CPU (it runs there only in Triton's interpreter)."
+        )
+        return builders, reduced
+    wanted = ["cuda", "triton"]
+    builders = [partial(f, device, bf16, m, 8192, wanted)
+                for f in (norm_cases, silu_cases, rope_cases) for m in ("70b", "1b")]  # fmt: skip
+    builders += [partial(attention_cases, device, bf16, c, wanted, with_reference=False)
+                 for c in ((8, 2048, 64, 8, 128), (8, 2048, 32, 8, 64))]  # fmt: skip
+    builders += [partial(fp8_quantize_cases, device, 8192, k, wanted) for k in (8192, 28672)]
+    gemms = [(n, k) for n, k in FP8_GEMM_SHAPES] + [(2560, 2048), (2048, 8192)]  # + 1B
+    builders += [partial(fp8_gemm_cases, device, 8192, n, k, wanted)
+                 for n, k in gemms[: 2 if quick else None]]  # fmt: skip
+    reduced = (
+        "GPU shapes: 8192 tokens (70B and 1B widths); attention 8 x 2048 tokens; FP8 "
+        "GEMMs at M=8192 (70B projections, then 1B qkv and down); no reference rows."
+    )
+    return builders, reduced
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def measure(builders, device: torch.device, roof: dict, min_time: float, only) -> list[Case]:
+    done = []
+    for build in builders:
+        try:
+            cases = build()
+        except Exception as exc:  # an op that cannot be set up here is reported, not fatal
+            print(f"skipped {build.func.__name__}{build.args[2:]}: {exc}", flush=True)
+            continue
+        for case in cases:
+            if only and not any(key in case.op for key in only):
+                continue
+            _measure_case(case, device, roof, min_time)
+            done.append(case)
+            case.runs = {}  # drop the closures: frees the inputs before the next case
+        del cases
+    return done
+
+
+def _measure_case(case: Case, device: torch.device, roof: dict, min_time: float) -> None:
+    timings = time_round_robin(case.runs, device, min_time)
+    base = timings.get(case.baseline, {}).get("median_s")
+    for label, t in timings.items():
+        row = {"op": case.op, "shape": case.shape, "dtype": str(case.dtype)[6:],
+               "impl": label, "baseline": case.baseline, **t}  # fmt: skip
+        sec = t.get("median_s")
+        if sec:
+            if case.bytes:
+                row["GBps"] = case.bytes / sec / 1e9
+                row["roofline_pct"] = 100 * row["GBps"] / roof["copy_GBps"]
+            if case.flops:
+                row["TFLOPs"] = case.flops / sec / 1e12
+                row["roofline_pct"] = 100 * row["TFLOPs"] / roof["matmul_TFLOPs"]
+            if base:
+                row["speedup_vs_baseline"] = base / sec
+        case.rows.append(row)
+        print(_fmt_row(row), flush=True)
+
+
+def _find(rows, op, shape_prefix, impl):
+    for r in rows:
+        if r["op"] == op and r["shape"].startswith(shape_prefix) and r["impl"] == impl:
+            return r
+    return None
+
+
+def targets(rows: list[dict], device: torch.device) -> list[dict]:
+    """The issue's targets, evaluated on this run's rows (absent rows: not measured)."""
+    out = []
+
+    def add(name, value, goal, ok):
+        out.append({"target": name, "measured": value, "goal": goal,
+                    "met": None if ok is None else bool(ok)})  # fmt: skip
+
+    def val(row, key):
+        return None if row is None else row.get(key)
+
+    if device.type == "cpu":
+        ref = _find(rows, "fused_add_rms_norm", "70b [4096", "torch (unfused)")
+        for impl in ("cpu", "cpu, out="):
+            r = _find(rows, "fused_add_rms_norm", "70b [4096", impl)
+            sp, pct = val(r, "speedup_vs_baseline"), val(r, "roofline_pct")
+            add(f"fused_add_rms_norm [4096, 8192] bf16, {impl}: x unfused reference",
+                sp, ">= 3x", None if sp is None or ref is None else sp >= 3)  # fmt: skip
+            add(f"fused_add_rms_norm [4096, 8192] bf16, {impl}: % of copy bandwidth",
+                pct, ">= 50 %", None if pct is None else pct >= 50)  # fmt: skip
+        shape = "8 x 512 tokens, 32q/8kv d128"
+        cpu = _find(rows, "paged_prefill_attention", shape, "cpu")
+        sdpa = _find(rows, "paged_prefill_attention", shape, "torch SDPA (contiguous)")
+        ref = _find(rows, "paged_prefill_attention", shape, "reference")
+        ratio = None if not (cpu and sdpa) else cpu["median_s"] / sdpa["median_s"]
+        add("paged_prefill_attention 8x512, 32q/8kv, d128 bf16: cpu time / SDPA time",
+            ratio, "<= 1.5", None if ratio is None else ratio <= 1.5)  # fmt: skip
+        sp = None if not (cpu and ref) else ref["median_s"] / cpu["median_s"]
+        add("paged_prefill_attention 8x512, 32q/8kv, d128 bf16: x reference", sp, ">= 3x",
+            None if sp is None else sp >= 3)  # fmt: skip
+        return out
+    for impl in ("cuda, out=", "triton, out="):
+        r = _find(rows, "rms_norm", "70b [8192", impl)
+        pct = val(r, "roofline_pct")
+        add(f"rms_norm [8192, 8192] bf16, {impl}: % of copy bandwidth", pct, ">= 80 %",
+            None if pct is None else pct >= 80)  # fmt: skip
+    for n, k in FP8_GEMM_SHAPES:
+        shape = f"M=8192 N={n} K={k}"
+        base = _find(rows, "fp8_gemm (token x channel scales)", shape, "torch._scaled_mm")
+        for impl in ("cuda", "triton"):
+            r = _find(rows, "fp8_gemm (token x channel scales)", shape, impl)
+            pct = None if not (r and base and r.get("TFLOPs") and base.get("TFLOPs")) else (
+                100 * r["TFLOPs"] / base["TFLOPs"])  # fmt: skip
+            add(f"fp8_gemm {shape}, {impl}: % of torch._scaled_mm TFLOP/s", pct, ">= 90 %",
+                None if pct is None else pct >= 90)  # fmt: skip
+    shape = "8 x 2048 tokens, 64q/8kv d128"
+    base = _find(rows, "paged_prefill_attention", shape, "torch SDPA-flash (kv repeated)")
+    r = _find(rows, "paged_prefill_attention", shape, "triton")
+    pct = None if not (r and base and r.get("TFLOPs") and base.get("TFLOPs")) else (
+        100 * r["TFLOPs"] / base["TFLOPs"])  # fmt: skip
+    add("paged_prefill_attention 8x2048, 64q/8kv, d128 bf16, triton: % of SDPA-flash TFLOP/s",
+        pct, ">= 70 %", None if pct is None else pct >= 70)  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _num(v, fmt):
+    return "not measured" if v is None else format(v, fmt)
+
+
+def _fmt_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['op']:<36} {r['shape']:<40} {r['impl']:<28} ERROR {r['error']}"
+    perf = f"{r['GBps']:8.1f} GB/s" if "GBps" in r else f"{r.get('TFLOPs', 0):8.3f} TFLOP/s"
+    return (f"{r['op']:<36} {r['shape']:<40} {r['impl']:<28} {r['median_s'] * 1e3:9.3f} ms "
+            f"{perf} {r.get('roofline_pct', 0):6.1f} % roof  "
+            f"x{r.get('speedup_vs_baseline', 0):.2f}")  # fmt: skip
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else (platform.processor() or platform.machine()),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }  # fmt: skip
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = "not installed"
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            env["device"] = names[0] if names else env["device"]
+        except OSError:
+            pass
+        module = kernels._native.cpu_module()
+        env["cpu_isa"] = module.active_isa() if module else "kernels._C not built"
+    else:
+        env["cuda"] = torch.version.cuda
+        env["capability"] = "sm_{}{}".format(*torch.cuda.get_device_capability(device))
+    return env
+
+
+def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed) -> None:
+    rows = [r for c in cases for r in c.rows]
+    path.with_suffix(".json").write_text(json.dumps(
+        {"environment": env, "rooflines": roof, "rows": rows, "targets": tgts,
+         "note": reduced, "elapsed_s": elapsed}, indent=1))  # fmt: skip
+    lines = [
+        f"# Kernel microbenchmarks: {env['device']}",
+        "",
+        f"{env['date_utc']}; torch {env['torch']}, triton {env['triton']}, Python "
+        f"{env['python']}; {env['threads']} threads"
+        + (f"; CPU ISA {env['cpu_isa']}" if "cpu_isa" in env else "")
+        + (f"; CUDA {env['cuda']}, {env['capability']}" if "cuda" in env else "")
+        + f". Written by `bench/kernels.py` in {elapsed:.0f} s; 1-minute load average "
+        f"{env['load_average_1min_at_start']:.1f} at the start (other processes share the "
+        "machine when it exceeds 0).",
+        "",
+        f"Rooflines measured in this run: copy {roof['copy_GBps']:.1f} GB/s (read + write of "
+        f"{roof['copy_bytes'] >> 20} MiB), bf16 matmul {roof['matmul_TFLOPs']:.3f} TFLOP/s "
+        f"({roof['matmul_n']}^3). {reduced}",
+        "",
+        "Time is the median of repeated calls after warm-up, the implementations of a row group timed in turns; `roof` is GB/s over the copy "
+        "bandwidth (bandwidth-bound ops) or TFLOP/s over the bf16 matmul (attention, GEMM); "
+        "`vs baseline` is baseline time / this time (same run).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for t in tgts:
+        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {_num(t['measured'], '.2f')} | {t['goal']} | {met} |")
+    for case in cases:
+        lines += ["", f"## {case.op}: {case.shape}, {str(case.dtype)[6:]}", ""]
+        if case.note:
+            lines += [case.note, ""]
+        lines += ["| impl | time (ms) | GB/s or TFLOP/s | % roof | vs baseline |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for r in case.rows:
+            if "error" in r:
+                lines.append(f"| {r['impl']} | error: {r['error']} | | | |")
+                continue
+            perf = f"{r['GBps']:.1f} GB/s" if "GBps" in r else f"{r['TFLOPs']:.3f} TFLOP/s"
+            base = " (baseline)" if r["impl"] == case.baseline else ""
+            lines.append(f"| {r['impl']}{base} | {r['median_s'] * 1e3:.3f} | {perf} | "
+                         f"{r['roofline_pct']:.1f} | {r.get('speedup_vs_baseline', 0):.2f}x |")  # fmt: skip
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller shapes")
+    parser.add_argument("--only", help="comma-separated substrings of op names to run")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds per timing")
+    parser.add_argument("--out", default=None, help="output path without suffix")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a visible NVIDIA GPU")
+    torch.manual_seed(0)
+    began = time.perf_counter()
+    env = environment(device)
+    roof = rooflines(device, args.quick)
+    print(f"{env}\nrooflines: {roof}", flush=True)
+    builders, reduced = plan(device, args.quick)
+    only = args.only.split(",") if args.only else None
+    min_time = args.min_time or (0.3 if args.quick else (1.0 if device.type == "cpu" else 0.2))
+    cases = measure(builders, device, roof, min_time, only)
+    tgts = targets([r for c in cases for r in c.rows], device)
+    for t in tgts:
+        print(t, flush=True)
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"kernels_{device.type}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_report(out, env, roof, cases, tgts, reduced, time.perf_counter() - began)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
