@@ -8,33 +8,51 @@ Workloads (token ids drawn below the special-token range, fixed seeds):
   rlhf-group: 16 prompts of 384 tokens, 8 responses of 128 tokens each (128 sequences)
 The 1b checkpoint runs the first quarter of each workload to keep the run short.
 
+Engine: RewardEngine (continuous-batching scheduler, paged KV cache with prefix
+caching, chunked prefill), bf16, one call with every sequence of the workload. It
+is warmed up on other sequences and its prefix cache emptied before the timed call.
 Baselines, all bf16 with sdpa attention under inference_mode:
   hf-padded: LlamaForSequenceClassification on padded batches of 8 (input order);
   hf-bs1:    the same model one sequence at a time (no padding waste).
 Throughput counts the tokens of the requests (not padding, not tokens computed).
-Writes bench/results/e2e.md and bench/results/e2e.json with the machine, versions and
-date, plus a profile of one engine forward.
+Each row also gives the tokens the engine computed, its prefix-cache hit rate, and
+the matmul roofline: the workload's distinct tokens (a shared prompt counted once)
+times the model's linear layers, timed as bf16 matmuls of one full step here.
+
+--online adds an open-loop run through AsyncRewardEngine: requests arrive as a
+Poisson process (fixed seed) at several rates, given as fractions of the offline
+engine throughput of the same run (--online-load) or in requests/s (--rates);
+each rate reports achieved throughput and p50/p90/p99 latency (arrival to result).
+
+Writes bench/results/<name>.md and bench/results/<name>.json (name: e2e) with the
+machine, versions and date, plus a profile of one engine step.
 
     python bench/e2e.py                       # everything (~20 min on 2 cores)
     python bench/e2e.py --models small --workloads mixed
+    python bench/e2e.py --models small --online --name e2e_scheduler
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import RewardEngine  # noqa: E402
+from engine import AsyncRewardEngine, RewardEngine  # noqa: E402
 from engine.demo import make_checkpoint  # noqa: E402
 
 MODELS = {
@@ -80,10 +98,30 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def run_engine(path: Path, seqs, budget: int):
-    eng = RewardEngine.from_pretrained(path, dtype="bfloat16", max_num_batched_tokens=budget)
-    eng.score_token_ids(seqs[:2])  # warm-up
-    return timed(lambda: eng.score_token_ids(seqs))
+WARMUP = [list(range(1000, 1064)), list(range(2000, 2300))]  # shares nothing with a workload
+
+
+def engine_stats(before: dict, after: dict) -> dict:
+    """What one timed call did, from two RewardEngine.metrics() snapshots."""
+    queried = after["prefix_cache_query_tokens"] - before["prefix_cache_query_tokens"]
+    hits = after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"]
+    return {
+        "engine_tokens_computed": after["tokens_computed"] - before["tokens_computed"],
+        "prefix_cache_hit_rate": hits / queried if queried else 0.0,
+        "engine_steps": after["model_steps"] - before["model_steps"],
+    }
+
+
+def run_engine(path: Path, seqs, budget: int, prefix_caching: bool = True):
+    eng = RewardEngine.from_pretrained(
+        path, dtype="bfloat16", max_num_batched_tokens=budget,
+        enable_prefix_caching=prefix_caching,
+    )  # fmt: skip
+    eng.score_token_ids(WARMUP)
+    eng.reset_prefix_cache()
+    before = eng.metrics()
+    seconds, rewards = timed(lambda: eng.score_token_ids(seqs))
+    return seconds, rewards, engine_stats(before, eng.metrics())
 
 
 def hf_model(path: Path):
@@ -117,7 +155,38 @@ def run_hf(model, seqs, batch_size: int):
     return timed(go)
 
 
+@contextlib.contextmanager
+def labelled_kernels():
+    """Name each kernels op and the runner's host work in the profile: the compiled ops
+    are not torch operators, so the profiler would otherwise fold them into their caller."""
+    import engine.model as model_module
+    import engine.runner as runner_module
+
+    real_kernels, real_prepare = model_module.kernels, runner_module.ModelRunner.prepare
+
+    class Labelled:
+        def __getattr__(self, name):
+            fn = getattr(real_kernels, name)
+
+            def call(*args, **kwargs):
+                with torch.profiler.record_function(f"kernels.{name}"):
+                    return fn(*args, **kwargs)
+
+            return call
+
+    def prepare(self, chunks):
+        with torch.profiler.record_function("runner.prepare (host)"):
+            return real_prepare(self, chunks)
+
+    model_module.kernels, runner_module.ModelRunner.prepare = Labelled(), prepare
+    try:
+        yield
+    finally:
+        model_module.kernels, runner_module.ModelRunner.prepare = real_kernels, real_prepare
+
+
 def profile_one_forward(path: Path, seqs, budget: int) -> str:
+    """Profile of one engine step over the first sequences that fill the budget."""
     eng = RewardEngine.from_pretrained(path, dtype="bfloat16", max_num_batched_tokens=budget)
     batch, total = [], 0
     for s in seqs:
@@ -126,10 +195,118 @@ def profile_one_forward(path: Path, seqs, budget: int) -> str:
         batch.append(s)
         total += len(s)
     eng.score_token_ids(batch)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    eng.reset_prefix_cache()
+    with labelled_kernels(), torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU]
+    ) as prof:
+        start = time.perf_counter()
         eng.score_token_ids(batch)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    return f"one forward of {len(batch)} sequences, {total} tokens\n\n{table}"
+        wall = time.perf_counter() - start
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+    return (
+        f"one step of {len(batch)} sequences, {total} tokens: {wall * 1e3:.0f} ms wall "
+        f"(kernels.* rows: the compiled ops, timed as a whole)\n\n{table}"
+    )
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+def linear_seconds_per_token(path: Path, tokens: int) -> float:
+    """Time of one token through the model's linear layers, timed as bf16 matmuls of
+    `tokens` rows (one full step) on this machine."""
+    from engine.config import ModelConfig
+
+    cfg = ModelConfig.from_pretrained(path)
+    h, q, kv, inter = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    total = 0.0
+    for n, k in ((q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter)):
+        x = torch.randn(tokens, k).to(torch.bfloat16)
+        w = torch.randn(n, k).to(torch.bfloat16)
+        F.linear(x, w)
+        reps = 5
+        start = time.perf_counter()
+        for _ in range(reps):
+            F.linear(x, w)
+        total += (time.perf_counter() - start) / reps
+    return total / tokens * cfg.num_layers
+
+
+def distinct_tokens(seqs) -> int:
+    """Tokens of the workload with every shared prefix counted once (prefix-trie size)."""
+    ordered = sorted(tuple(s) for s in seqs)
+    total, prev = 0, ()
+    for s in ordered:
+        common = 0
+        for a, b in zip(s, prev, strict=False):
+            if a != b:
+                break
+            common += 1
+        total += len(s) - common
+        prev = s
+    return total
+
+
+# ----------------------------------------------------------------------------- online
+
+
+async def _open_loop(eng: AsyncRewardEngine, seqs, rate: float, seed: int) -> dict:
+    """Submit seqs at Poisson arrival times (rate per second) without waiting for
+    results; latency is arrival to result."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(seqs))
+    arrivals = np.cumsum(gaps) - gaps[0]
+    latencies = [0.0] * len(seqs)
+    done = [0.0] * len(seqs)
+    start = time.perf_counter()
+
+    async def one(i):
+        t0 = time.perf_counter()
+        await eng.score_token_ids(seqs[i])
+        done[i] = time.perf_counter()
+        latencies[i] = done[i] - t0
+
+    tasks = []
+    for i, at in enumerate(arrivals):
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = max(done) - start
+    lat = sorted(latencies)
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+
+    return {
+        "achieved_req_s": len(seqs) / elapsed,
+        "achieved_tok_s": sum(len(s) for s in seqs) / elapsed,
+        "latency_mean_s": statistics.fmean(lat),
+        "latency_p50_s": pct(50),
+        "latency_p90_s": pct(90),
+        "latency_p99_s": pct(99),
+        "duration_s": elapsed,
+    }
+
+
+def run_online(path: Path, seqs, budget: int, rates: list[float], seed: int = 0) -> list[dict]:
+    async def main():
+        eng = AsyncRewardEngine.from_pretrained(
+            path, dtype="bfloat16", max_num_batched_tokens=budget
+        )
+        rows = []
+        async with eng:
+            await asyncio.gather(*(eng.score_token_ids(s) for s in WARMUP))
+            for rate in rates:
+                eng.engine.reset_prefix_cache()
+                before = eng.metrics()
+                row = {"offered_req_s": rate, **await _open_loop(eng, seqs, rate, seed)}
+                row.update(engine_stats(before, eng.metrics()))
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+        return rows
+
+    return asyncio.run(main())
 
 
 def machine_info() -> dict:
@@ -154,50 +331,82 @@ def machine_info() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="small,1b")
     ap.add_argument("--workloads", default="mixed,rlhf-group")
     ap.add_argument("--budget", type=int, default=4096, help="engine tokens per forward")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "checkpoints")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--name", default="e2e", help="stem of the result files in --out")
     ap.add_argument("--no-bs1", action="store_true", help="skip the HF batch-size-1 baseline")
+    ap.add_argument("--no-cache-column", action="store_true",
+                    help="also time the engine with prefix caching off")  # fmt: skip
+    ap.add_argument("--online", action="store_true", help="add the open-loop Poisson runs")
+    ap.add_argument("--online-load", default="0.5,0.8,1.0,1.5",
+                    help="arrival rates as fractions of the offline engine req/s")  # fmt: skip
+    ap.add_argument("--rates", default=None, help="arrival rates in requests/s (overrides)")
+    ap.add_argument("--online-requests", type=int, default=64, help="requests per rate")
     args = ap.parse_args(argv)
 
-    rows, profiles = [], {}
+    rows, online, profiles = [], [], {}
     for model_name in args.models.split(","):
         path = checkpoint(model_name, args.cache_dir)
         hf = hf_model(path)
+        per_token = linear_seconds_per_token(path, args.budget)
         for wl in args.workloads.split(","):
             seqs = workload(wl)
             seqs = seqs[: int(len(seqs) * FRACTION[model_name])]
             tokens = sum(len(s) for s in seqs)
-            t_eng, r_eng = run_engine(path, seqs, args.budget)
+            t_eng, r_eng, stats = run_engine(path, seqs, args.budget)
+            t_nc = run_engine(path, seqs, args.budget, False)[0] if args.no_cache_column else None
             t_pad, r_hf = run_hf(hf, seqs, HF_BATCH)
             t_bs1 = None if args.no_bs1 else run_hf(hf, seqs, 1)[0]
             diff = max(abs(a - b) for a, b in zip(r_eng, r_hf, strict=True))
             scale = max(abs(b) for b in r_hf)
+            distinct = distinct_tokens(seqs)
             row = {
                 "model": model_name, "workload": wl, "sequences": len(seqs), "tokens": tokens,
                 "engine_tok_s": tokens / t_eng, "hf_padded_tok_s": tokens / t_pad,
                 "hf_bs1_tok_s": None if t_bs1 is None else tokens / t_bs1,
+                "engine_no_prefix_cache_tok_s": None if t_nc is None else tokens / t_nc,
                 "max_abs_reward_diff_vs_hf": diff, "max_abs_hf_reward": scale,
-            }
+                **stats,
+                "distinct_tokens": distinct,
+                "roofline_tok_s": tokens / (distinct * per_token),
+            }  # fmt: skip
             row["x_hf_padded"] = row["engine_tok_s"] / row["hf_padded_tok_s"]
             row["x_hf_bs1"] = None if t_bs1 is None else row["engine_tok_s"] / row["hf_bs1_tok_s"]
+            row["pct_roofline"] = 100 * row["engine_tok_s"] / row["roofline_tok_s"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
+            if args.online:
+                sub = seqs[: args.online_requests]
+                capacity = row["engine_tok_s"] / (tokens / len(seqs))  # requests/s
+                rates = (
+                    [float(r) for r in args.rates.split(",")]
+                    if args.rates
+                    else [round(f * capacity, 3) for f in map(float, args.online_load.split(","))]
+                )
+                for r in run_online(path, sub, args.budget, rates):
+                    online.append({"model": model_name, "workload": wl, "requests": len(sub),
+                                   "load": r["offered_req_s"] / capacity, **r})  # fmt: skip
         profiles[model_name] = profile_one_forward(path, workload("mixed"), args.budget)
         del hf
 
     info = machine_info()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "e2e.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    (args.out / "e2e.md").write_text(render_markdown(info, rows, profiles, args.budget))
-    print(render_markdown(info, rows, {}, args.budget))
+    result = {"machine": info, "budget": args.budget, "rows": rows, "online": online}
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.name}.md").write_text(
+        render_markdown(info, rows, profiles, args.budget, online)
+    )
+    print(render_markdown(info, rows, {}, args.budget, online))
     return 0
 
 
-def render_markdown(info, rows, profiles, budget) -> str:
+def render_markdown(info, rows, profiles, budget, online=()) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
@@ -206,20 +415,55 @@ def render_markdown(info, rows, profiles, budget) -> str:
         "",
         f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads), "
         f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}.",
-        f"Engine: bf16, token budget {budget} per forward. HF: bf16, sdpa, inference_mode.",
-        "Tokens/s counts the requests' tokens.",
+        f"Engine: bf16, scheduler with paged KV and prefix caching, token budget {budget} "
+        "per step. HF: bf16, sdpa, inference_mode.",
+        "Tokens/s counts the requests' tokens. Computed: tokens the engine ran through the "
+        "model; hit rate: share of the requests' tokens served from the prefix cache. "
+        "Roofline: distinct tokens x the model's linear layers at this machine's bf16 "
+        "matmul speed.",
         "",
         "| model | workload | seqs | tokens | engine tok/s | HF padded-8 tok/s | HF bs1 tok/s "
-        "| x HF padded | x HF bs1 | max reward diff (scale) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| x HF padded | x HF bs1 | computed | hit rate | % roofline "
+        "| max reward diff (scale) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['model']} | {r['workload']} | {r['sequences']} | {r['tokens']} "
             f"| {r['engine_tok_s']:.0f} | {r['hf_padded_tok_s']:.0f} | {f(r['hf_bs1_tok_s'], '.0f')} "
             f"| {r['x_hf_padded']:.2f} | {f(r['x_hf_bs1'], '.2f')} "
+            f"| {r['engine_tokens_computed']} | {r['prefix_cache_hit_rate']:.1%} "
+            f"| {r['pct_roofline']:.0f}% "
             f"| {r['max_abs_reward_diff_vs_hf']:.3g} ({r['max_abs_hf_reward']:.3g}) |"
         )
+    no_cache = [r for r in rows if r.get("engine_no_prefix_cache_tok_s")]
+    if no_cache:
+        out += ["", "Engine with prefix caching off:", ""]
+        out += [
+            f"- {r['model']} {r['workload']}: {r['engine_no_prefix_cache_tok_s']:.0f} tok/s "
+            f"({r['engine_no_prefix_cache_tok_s'] / r['hf_padded_tok_s']:.2f}x HF padded)"
+            for r in no_cache
+        ]
+    if online:
+        out += [
+            "",
+            "## Online: open-loop Poisson arrivals through AsyncRewardEngine",
+            "",
+            "Load: offered rate / offline engine throughput of the same run. Latency: "
+            "arrival to result.",
+            "",
+            "| model | workload | requests | offered req/s | load | achieved req/s | tok/s "
+            "| p50 s | p90 s | p99 s | computed | hit rate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in online:
+            out.append(
+                f"| {r['model']} | {r['workload']} | {r['requests']} | {r['offered_req_s']:.2f} "
+                f"| {r['load']:.2f} | {r['achieved_req_s']:.2f} | {r['achieved_tok_s']:.0f} "
+                f"| {r['latency_p50_s']:.2f} | {r['latency_p90_s']:.2f} "
+                f"| {r['latency_p99_s']:.2f} | {r['engine_tokens_computed']} "
+                f"| {r['prefix_cache_hit_rate']:.1%} |"
+            )
     for name, text in profiles.items():
         out += ["", f"## Profile: {name}", "", "```", text, "```"]
     return "\n".join(out) + "\n"

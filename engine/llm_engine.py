@@ -205,6 +205,10 @@ class RewardEngine:
                 self.scheduler.cancel(request_id)
         return results  # type: ignore[return-value]
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached block not held by a request; returns how many were dropped."""
+        return self.scheduler.kv_cache.reset_prefix_cache()
+
     def metrics(self) -> dict[str, int | float]:
         """Counters as a plain dict: requests, tokens requested vs computed, prefix-cache
         hit rate, KV blocks used / cached / free, step time and batch tokens."""
