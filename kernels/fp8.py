@@ -27,7 +27,7 @@ import torch
 
 from . import _native, custom_ops
 from ._checks import check_dtype
-from .backend import Op
+from .backend import Op, triton_impl
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -97,17 +97,43 @@ def fp8_gemm_native(a, b, a_scale, b_scale, out_dtype, bias):
 
 
 fp8_quantize_cpu = fp8_quantize_cuda = fp8_quantize_native
-fp8_gemm_cpu = fp8_gemm_cuda = fp8_gemm_native
+fp8_gemm_cpu = fp8_gemm_native
+
+
+def fp8_gemm_cuda(a, b, a_scale, b_scale, out_dtype, bias):
+    """cuBLASLt FP8 GEMM (csrc/cuda/fp8_gemm.cu): needs sm_89+, K and the row strides
+    of a and b multiples of 16, 16-byte aligned data."""
+    aligned = all(
+        t.shape[1] % 16 == 0 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (a, b)
+    )
+    if not aligned and a.numel() and b.numel():
+        raise ValueError(
+            "fp8_gemm: the cuda backend (cuBLASLt) needs K and the row strides of a and b to be "
+            f"multiples of 16; got a {tuple(a.shape)} stride {a.stride()}, b {tuple(b.shape)} "
+            f"stride {b.stride()}. Pad K, or use backend=\"triton\" or \"reference\"."
+        )
+    return fp8_gemm_native(a, b, a_scale, b_scale, out_dtype, bias)
 
 
 # ----------------------------------------------------------------------------- public ops
 
 FP8_QUANTIZE = Op(
     "fp8_quantize",
-    {"reference": fp8_quantize_reference, "cpu": fp8_quantize_cpu, "cuda": fp8_quantize_cuda},
+    {
+        "reference": fp8_quantize_reference,
+        "cpu": fp8_quantize_cpu,
+        "cuda": fp8_quantize_cuda,
+        "triton": triton_impl("fp8", "fp8_quantize_triton"),
+    },
 )
 FP8_GEMM = Op(
-    "fp8_gemm", {"reference": fp8_gemm_reference, "cpu": fp8_gemm_cpu, "cuda": fp8_gemm_cuda}
+    "fp8_gemm",
+    {
+        "reference": fp8_gemm_reference,
+        "cpu": fp8_gemm_cpu,
+        "cuda": fp8_gemm_cuda,
+        "triton": triton_impl("fp8", "fp8_gemm_triton"),
+    },
 )
 
 

@@ -1,4 +1,5 @@
-"""The Triton kernels compile for NVIDIA GPUs (sm_80, sm_90) on a machine without one.
+"""The Triton kernels compile for NVIDIA GPUs (sm_80, sm_90; the FP8 ones for sm_90) on a
+machine without one.
 
 Triton's nvidia backend ships ptxas, so a kernel can be lowered to a cubin with no GPU
 present: this catches what the interpreter accepts but the compiler does not (globals
@@ -24,7 +25,7 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.triton import activation, norm, paged_attention, rope
+from kernels.triton import activation, fp8, norm, paged_attention, rope
 
 def sig(names, dt):
     return {n: (t.replace("DT", dt)) for n, t in names}
@@ -54,21 +55,36 @@ cases = [
      {"GROUP": 8, "TILE_TOKENS": 8, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128,
       "FP32_DOT": False}, 4),
 ]
+gemm_args = [("out_ptr", "*DT"), ("a_ptr", "*fp8e4nv"), ("b_ptr", "*fp8e4nv"),
+             ("a_scale_ptr", "*fp32"), ("b_scale_ptr", "*fp32"), ("bias_ptr", "*DT")] + [
+             (n, "i32") for n in ("M", "N", "K", "out_stride", "a_stride", "b_stride")]
+fp8_cases = [  # E4M3 needs sm_89+: compiled for sm_90 only
+    (fp8._amax_rows_kernel, [("amax_ptr", "*fp32"), ("x_ptr", "*DT"), ("cols", "i32"),
+                             ("x_stride", "i32")], {"BLOCK": 1024}, 4),
+    (fp8._quantize_kernel, [("out_ptr", "*fp8e4nv"), ("x_ptr", "*DT"), ("scale_ptr", "*fp32"),
+                            ("cols", "i32"), ("out_stride", "i32"), ("x_stride", "i32")],
+     {"SCALE_MODE": 1, "BLOCK": 1024}, 4),
+    (fp8._fp8_gemm_kernel.fn, gemm_args,
+     {"A_PER_ROW": True, "B_PER_ROW": True, "HAS_BIAS": False, "BLOCK_M": 128, "BLOCK_N": 128,
+      "BLOCK_K": 128, "GROUP_M": 8}, 8),
+]
 done = []
-for arch in (80, 90):
-    for fn, args, const, warps in cases:
+for arch, arch_cases in ((80, cases), (90, cases + fp8_cases)):
+    for fn, args, const, warps in arch_cases:
         signature = sig(args, "bf16")
         signature.update({k: "constexpr" for k in const})
         k = triton.compile(ASTSource(fn, signature, const), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": warps})
         assert k.asm["cubin"], fn.__name__
+        if fn is fp8._fp8_gemm_kernel.fn:  # Hopper FP8 tensor-core instructions
+            assert "wgmma" in k.asm["ptx"], "the FP8 GEMM does not use wgmma on sm_90"
         done.append(f"{fn.__name__}@sm_{arch}")
 print(json.dumps(done))
 """
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-def test_kernels_compile_for_sm80_and_sm90():
+def test_kernels_compile_for_sm80_and_sm90():  # about 20 s on 2 cores
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     proc = subprocess.run(
@@ -78,4 +94,4 @@ def test_kernels_compile_for_sm80_and_sm90():
     if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("this triton install has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 8
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 11
