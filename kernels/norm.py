@@ -111,10 +111,21 @@ def fused_add_rms_norm_fp8_native(x, residual, weight, eps, scale):
     return out
 
 
-RMS_NORM_FP8 = Op("rms_norm_fp8", {"reference": rms_norm_fp8_reference, "cpu": rms_norm_fp8_native})
+RMS_NORM_FP8 = Op(
+    "rms_norm_fp8",
+    {
+        "reference": rms_norm_fp8_reference,
+        "cpu": rms_norm_fp8_native,
+        "triton": triton_impl("norm", "rms_norm_fp8_triton"),
+    },
+)
 FUSED_ADD_RMS_NORM_FP8 = Op(
     "fused_add_rms_norm_fp8",
-    {"reference": fused_add_rms_norm_fp8_reference, "cpu": fused_add_rms_norm_fp8_native},
+    {
+        "reference": fused_add_rms_norm_fp8_reference,
+        "cpu": fused_add_rms_norm_fp8_native,
+        "triton": triton_impl("norm", "fused_add_rms_norm_fp8_triton"),
+    },
 )
 
 

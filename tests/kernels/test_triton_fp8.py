@@ -11,7 +11,7 @@ from kernel_testing import assert_close
 from triton_testing import HAS_GPU, HAS_TRITON
 
 import kernels
-from kernels.fp8 import FP8_DTYPE, fp8_gemm_reference
+from kernels.fp8 import FP8_DTYPE, fp8_gemm_reference, fp8_quantize_reference
 
 FP8_GPU = HAS_GPU and torch.cuda.get_device_capability() >= (8, 9)
 
@@ -75,6 +75,28 @@ def test_gemm_matches_the_quantized_matmul(mnk, out_dtype, scales):
     assert cos > 0.99, f"cosine similarity to the unquantized product {cos:.4f}"
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["rms_norm", "fused_add_rms_norm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@gpu_fp8
+def test_norm_fp8_output_is_the_quantized_norm(fused, dtype):
+    """The E4M3 output equals fp8_quantize of the same backend's activation-dtype output,
+    bit for bit (isolates the fused quantization from the norm's own rounding)."""
+    x, r = (_x(37, 769, s).nan_to_num(0, 0, 0).to(dtype).to(CUDA) / 30 for s in (3, 4))
+    w = torch.randn(769, device=CUDA).to(dtype)
+    scale = torch.tensor(0.01, device=CUDA)
+    if fused:
+        r1, r2 = r.clone(), r.clone()
+        q = kernels.fused_add_rms_norm(x, r1, w, 1e-5, fp8_scale=scale, backend="triton")
+        y = kernels.fused_add_rms_norm(x, r2, w, 1e-5, backend="triton")
+        assert torch.equal(r1, r2)
+    else:
+        q = kernels.rms_norm(x, w, 1e-5, fp8_scale=scale, backend="triton")
+        y = kernels.rms_norm(x, w, 1e-5, backend="triton")
+    expected = fp8_quantize_reference(y, scale, "tensor")[0]
+    assert q.dtype == FP8_DTYPE
+    assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
+
+
 def test_fp8_on_cpu_tensors_is_refused_clearly():
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
@@ -85,3 +107,7 @@ def test_fp8_on_cpu_tensors_is_refused_clearly():
     a = torch.zeros(2, 16, dtype=FP8_DTYPE)
     with pytest.raises(RuntimeError, match="CUDA tensors only"):
         fp8.fp8_gemm_triton(a, a, torch.ones(1), torch.ones(1), torch.float32, None)
+    from kernels.triton import norm
+
+    with pytest.raises(RuntimeError, match="CUDA tensors only"):
+        norm.rms_norm_fp8_triton(torch.ones(2, 4), torch.ones(4), 1e-5, torch.tensor(1.0))
