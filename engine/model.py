@@ -56,8 +56,13 @@ class BatchMetadata:
         return self.last_token_indices.shape[0]
 
 
-def _linear(x, weight, bias):
-    return F.linear(x, weight, bias)
+def _linear(x, weight, bias, out=None):
+    """x @ weight^T (+ bias); written into ``out`` (a reused step buffer) when given."""
+    if out is None:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 class LlamaRewardModel:
@@ -73,13 +78,28 @@ class LlamaRewardModel:
             cfg.head_dim, self.max_position, cfg.rope_theta, cfg.rope_scaling
         ).to(self.device)
         self.scale = cfg.head_dim**-0.5
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        """A [rows, cols] activation buffer that every layer of every step reuses.
+
+        On CPU a freshly allocated large tensor is page-faulted in on first write and
+        given back to the OS when freed (glibc serves big blocks with mmap): per layer
+        that costs about as much as a fused elementwise kernel. Reusing a few
+        step-sized buffers avoids it. Not thread-safe: one forward at a time.
+        """
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = torch.empty((rows, cols), dtype=self.dtype, device=self.device)
+            self._buffers[name] = buf
+        return buf[:rows]
 
     def _attention(
         self, layer: LayerWeights, x, meta: BatchMetadata, key_cache, value_cache, last_only: bool
     ):
         cfg = self.cfg
-        qkv = _linear(x, layer.qkv, layer.qkv_bias)
-        t = qkv.shape[0]
+        t = x.shape[0]
+        qkv = _linear(x, layer.qkv, layer.qkv_bias, self._buffer("qkv", t, layer.qkv.shape[0]))
         q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
@@ -98,11 +118,22 @@ class LlamaRewardModel:
                 q, key_cache, value_cache, meta.block_tables, meta.query_start_loc,
                 meta.context_lens, self.scale,
             )  # fmt: skip
-        return _linear(out.reshape(out.shape[0], cfg.q_size), layer.o_proj, layer.o_bias)
+        # x (the layer input, in the "hidden" buffer) is dead once qkv exists.
+        hidden = None if last_only else self._buffer("hidden", t, cfg.hidden_size)
+        return _linear(out.reshape(out.shape[0], cfg.q_size), layer.o_proj, layer.o_bias, hidden)
 
-    def _mlp(self, layer: LayerWeights, x):
-        gate_up = _linear(x, layer.gate_up, layer.gate_up_bias)
-        return _linear(kernels.silu_mul(gate_up), layer.down, layer.down_bias)
+    def _mlp(self, layer: LayerWeights, x, reuse: bool):
+        """SwiGLU MLP. With ``reuse``, the output overwrites the "hidden" buffer (x's)."""
+        rows = x.shape[0]
+        if not reuse:
+            gate_up = _linear(x, layer.gate_up, layer.gate_up_bias)
+            return _linear(kernels.silu_mul(gate_up), layer.down, layer.down_bias)
+        inter = layer.down.shape[1]
+        gate_up = _linear(
+            x, layer.gate_up, layer.gate_up_bias, self._buffer("gate_up", rows, 2 * inter)
+        )
+        act = kernels.silu_mul(gate_up, out=self._buffer("act", rows, inter))
+        return _linear(act, layer.down, layer.down_bias, self._buffer("hidden", rows, x.shape[1]))
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
@@ -112,7 +143,10 @@ class LlamaRewardModel:
         eps = self.cfg.rms_norm_eps
         layers = self.w.layers
         residual = F.embedding(input_ids, self.w.embed)
-        x = kernels.rms_norm(residual, layers[0].input_norm, eps)
+        rows = input_ids.shape[0]
+        x = kernels.rms_norm(
+            residual, layers[0].input_norm, eps, out=self._buffer("hidden", rows, residual.shape[1])
+        )
         for i, layer in enumerate(layers):
             last = i == len(layers) - 1
             attn = self._attention(
@@ -122,10 +156,11 @@ class LlamaRewardModel:
                 return x.new_empty((0, self.cfg.hidden_size))
             if last:
                 residual = residual[meta.last_token_indices]
-            x = kernels.fused_add_rms_norm(attn, residual, layer.post_norm, eps)
-            mlp = self._mlp(layer, x)
+            # Norms run in place: each output overwrites its input buffer.
+            x = kernels.fused_add_rms_norm(attn, residual, layer.post_norm, eps, out=attn)
+            mlp = self._mlp(layer, x, reuse=not last)
             next_norm = self.w.final_norm if last else layers[i + 1].input_norm
-            x = kernels.fused_add_rms_norm(mlp, residual, next_norm, eps)
+            x = kernels.fused_add_rms_norm(mlp, residual, next_norm, eps, out=mlp)
         return x
 
     @torch.inference_mode()
