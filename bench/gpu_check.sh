@@ -30,9 +30,9 @@ for arg in "$@"; do
   esac
 done
 
-BUILD_TIMEOUT=${BUILD_TIMEOUT:-180}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-150}
 TEST_TIMEOUT=${TEST_TIMEOUT:-150}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-130}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
 
 fail() { echo "gpu_check.sh: $*" >&2; exit 1; }
 say() { echo "== $*"; }
@@ -114,6 +114,7 @@ if [ "$DRY_RUN" = 1 ]; then
 fi
 
 mkdir -p "$LOGDIR"
+RUN_START=$(date +%s)
 say "device: $DEVICE_NAME, building for sm_$ARCH with $NVCC_HOME/bin/nvcc"
 for step in "${STEPS[@]}"; do
   say "$step: ${CMD[$step]}"
@@ -147,6 +148,8 @@ nvcc $("$NVCC_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'
   for step in "${STEPS[@]}"; do
     echo "| $step | ${STATUS[$step]:-not run} | ${SECONDS_TAKEN[$step]:--} | $LOGDIR/$step.log |"
   done
+  echo
+  echo "Total: $(( $(date +%s) - RUN_START )) s (budget: 480 s on one H100)."
   echo
   echo "## GPU tests"
   echo
