@@ -31,8 +31,16 @@ $(VENV)/.torch: | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
 	@touch $@
 
+# Where nvcc exists, kernels._C_cuda links cuBLASLt for fp8_gemm: the toolkit may lack
+# it, so the `nvidia-cublas` wheel provides headers and library unless one is already
+# installed (GPU machines with PyTorch have it). Without it the module builds anyway,
+# minus fp8_gemm (setup.py says so).
+HAVE_NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUBLAS_CHECK := import glob, site, sys; sys.exit(not any(glob.glob(p + "/nvidia/*/include/cublasLt.h") for p in site.getsitepackages()))
+
 $(VENV)/.installed: $(VENV)/.torch setup.py pyproject.toml $(wildcard csrc/*/*)
 	$(PIP) install -q --upgrade "pip>=23" setuptools wheel "pybind11>=2.12"
+	$(if $(HAVE_NVCC),$(PY) -c '$(CUBLAS_CHECK)' || $(PIP) install -q nvidia-cublas || echo "nvidia-cublas not installable: kernels._C_cuda will lack fp8_gemm")
 	$(PIP) install -q --no-build-isolation -e .
 	@touch $@
 

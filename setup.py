@@ -10,8 +10,13 @@ Neither module is built against PyTorch: they take raw pointers, so one build
 serves any torch version. Environment:
   REWARD_ENGINE_CUDA_ARCHS  semicolon/comma list of SM versions (default "80;89;90a")
   REWARD_ENGINE_SKIP_CUDA=1 do not build kernels._C_cuda even if a toolkit exists
+  CUBLAS_HOME               a directory with include/cublasLt.h and lib/libcublasLt.so*
+                            (default: the toolkit, then the `nvidia-cublas` wheel's
+                            nvidia/cublas or nvidia/cu13 folder); without cuBLASLt,
+                            kernels._C_cuda is built without fp8_gemm
 """
 
+import importlib.util
 import os
 import platform
 import re
@@ -103,10 +108,33 @@ def cuda_archs() -> list[str]:
     return archs
 
 
+def find_cublaslt(cuda_home: Path) -> tuple[Path, Path, str] | None:
+    """(include dir, library dir, library file) of cuBLASLt, or None.
+
+    Looks in CUBLAS_HOME, the toolkit, then the nvidia-cublas wheel (nvidia/cublas for
+    the CUDA 12 wheels, nvidia/cu13 for CUDA 13) wherever the `nvidia` namespace
+    package is importable.
+    """
+    bases = [Path(os.environ["CUBLAS_HOME"])] if os.environ.get("CUBLAS_HOME") else []
+    bases.append(cuda_home)
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        bases += [Path(root) / "cublas", Path(root) / "cu13", Path(root) / "cu12"]
+    for base in bases:
+        if not (base / "include/cublasLt.h").exists():
+            continue
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            libs = sorted((base / sub).glob("libcublasLt.so*"), key=lambda p: len(p.name))
+            if libs:
+                return base / "include", base / sub, libs[0].name
+    return None
+
+
 class CUDAExtension(Extension):
     """An extension whose .cu sources are compiled by nvcc from cuda_home."""
 
     def __init__(self, name: str, sources: list[str], cuda_home: Path, **kwargs):
+        self.nvcc_include_dirs = kwargs.pop("nvcc_include_dirs", [])
         super().__init__(name, sources, **kwargs)
         self.cuda_home = cuda_home
 
@@ -126,12 +154,32 @@ def cuda_extension() -> Extension | None:
     depends = sorted(
         str(p.relative_to(ROOT)) for p in folder.iterdir() if p.suffix in (".h", ".cuh")
     )
+    macros, link_args, nvcc_includes, library_dirs = [], [], [], []
+    cublaslt = find_cublaslt(cuda_home)
+    if cublaslt is None:
+        log(
+            "no cuBLASLt found (pip install nvidia-cublas, or set CUBLAS_HOME); "
+            "building kernels._C_cuda without the cuBLASLt fp8_gemm"
+        )
+        sources.remove("csrc/cuda/fp8_gemm.cu")
+    else:
+        include, lib, name = cublaslt
+        log(f"kernels._C_cuda: fp8_gemm via cuBLASLt ({include}, {lib / name})")
+        macros.append(("REWARD_ENGINE_HAVE_CUBLASLT", "1"))
+        nvcc_includes.append(str(include))
+        library_dirs.append(str(lib))
+        # linked dynamically, found at run time through the rpath
+        link_args += [f"-l:{name}", f"-Wl,-rpath,{lib}"]
     return CUDAExtension(
         "kernels._C_cuda",
         sources=sources,
         cuda_home=cuda_home,
         include_dirs=[pybind11.get_include()],
+        nvcc_include_dirs=nvcc_includes,
+        define_macros=macros,
+        library_dirs=library_dirs,
         extra_compile_args=CXX_FLAGS,
+        extra_link_args=link_args,
         depends=depends,
         language="c++",
     )
@@ -145,7 +193,9 @@ class BuildExt(build_ext):
         inputs = [ROOT / s for s in ext.sources + list(ext.depends)]
         # the target list is an input too: a changed REWARD_ENGINE_CUDA_ARCHS rebuilds
         stamp = Path(self.build_temp) / f"{ext.name}.targets"
-        targets = " ".join(cuda_archs()) if isinstance(ext, CUDAExtension) else ""
+        targets = ""
+        if isinstance(ext, CUDAExtension):
+            targets = " ".join(cuda_archs()) + (" +cublaslt" if ext.define_macros else "")
         if (
             not self.force
             and ext_path.exists()
@@ -204,6 +254,7 @@ class BuildExt(build_ext):
         cmd = [
             str(ext.cuda_home / "bin/nvcc"), "-c", source, "-o", obj,
             "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            *(f"-I{d}" for d in ext.nvcc_include_dirs),
             "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
             *gencode,
         ]  # fmt: skip

@@ -53,7 +53,14 @@ def silu_mul_fp8_native(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return out
 
 
-SILU_MUL_FP8 = Op("silu_mul_fp8", {"reference": silu_mul_fp8_reference, "cpu": silu_mul_fp8_native})
+SILU_MUL_FP8 = Op(
+    "silu_mul_fp8",
+    {
+        "reference": silu_mul_fp8_reference,
+        "cpu": silu_mul_fp8_native,
+        "cuda": silu_mul_fp8_native,
+    },
+)
 
 
 SILU_MUL = Op(
@@ -61,6 +68,7 @@ SILU_MUL = Op(
     {
         "reference": silu_mul_reference,
         "cpu": silu_mul_cpu,
+        "cuda": silu_mul_cuda,
         "triton": triton_impl("activation", "silu_mul_triton"),
     },
 )

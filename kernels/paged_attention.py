@@ -79,6 +79,7 @@ PAGED_PREFILL_ATTENTION = Op(
     {
         "reference": paged_prefill_attention_reference,
         "cpu": paged_prefill_attention_cpu,
+        "cuda": paged_prefill_attention_cuda,
         "triton": triton_impl("paged_attention", "paged_prefill_attention_triton"),
     },
 )

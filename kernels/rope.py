@@ -127,11 +127,33 @@ def rope_native(q, k, positions, cos_sin_cache):
 rope_cpu = rope_native
 
 
+def check_indices_on_device(positions, max_position, slot_mapping=None, num_slots=0):
+    """The cuda kernels do not range-check (that would need a host copy inside the
+    launcher): check here with tensor ops, one synchronization, IndexError as on CPU."""
+    bad = ((positions < 0) | (positions >= max_position)).any()
+    if slot_mapping is not None:
+        bad = bad | (slot_mapping >= num_slots).any()
+    if bool(bad):
+        raise IndexError(
+            f"rope: a position is outside [0, {max_position}) or a slot is >= {num_slots}"
+        )
+
+
+def rope_cuda(q, k, positions, cos_sin_cache):
+    check_indices_on_device(positions, cos_sin_cache.shape[0])
+    return rope_native(q, k, positions, cos_sin_cache)
+
+
 # ----------------------------------------------------------------------------- public op
 
 ROPE = Op(
     "rope",
-    {"reference": rope_reference, "cpu": rope_cpu, "triton": triton_impl("rope", "rope_triton")},
+    {
+        "reference": rope_reference,
+        "cpu": rope_cpu,
+        "cuda": rope_cuda,
+        "triton": triton_impl("rope", "rope_triton"),
+    },
 )
 
 
@@ -162,7 +184,15 @@ def rope_and_cache_native(q, k, v, positions, cos_sin_cache, key_cache, value_ca
     return q, k
 
 
-rope_and_cache_cpu = rope_and_cache_cuda = rope_and_cache_native
+rope_and_cache_cpu = rope_and_cache_native
+
+
+def rope_and_cache_cuda(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
+    num_slots = key_cache.shape[0] * key_cache.shape[1]
+    check_indices_on_device(positions, cos_sin_cache.shape[0], slot_mapping, num_slots)
+    return rope_and_cache_native(
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
+    )
 
 
 ROPE_AND_CACHE = Op(
@@ -170,6 +200,7 @@ ROPE_AND_CACHE = Op(
     {
         "reference": rope_and_cache_reference,
         "cpu": rope_and_cache_cpu,
+        "cuda": rope_and_cache_cuda,
         "triton": triton_impl("rope", "rope_and_cache_triton"),
     },
 )

@@ -1,0 +1,48 @@
+// Launcher for paged_prefill_attention (attention_kernels.cuh).
+#include "attention_kernels.cuh"
+#include "ops.h"
+
+namespace reward_engine::cuda {
+
+void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t out_head_stride,
+                             uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
+                             int64_t num_tokens, int64_t num_q_heads, uintptr_t key_cache,
+                             uintptr_t value_cache, int64_t /*num_blocks*/, int64_t block_size,
+                             int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
+                             int64_t num_seqs, int64_t max_blocks_per_seq,
+                             uintptr_t query_start_loc, uintptr_t context_lens, double scale,
+                             int dtype, uintptr_t stream) {
+  const char* op = "paged_prefill_attention";
+  check_dtype(dtype, op);
+  check(num_q_heads > 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
+        "paged_prefill_attention: q heads must be a positive multiple of kv heads");
+  check(head_dim > 0 && head_dim <= kMaxHeadDim,
+        "paged_prefill_attention: the cuda kernel takes head_dim in [1, 256]");
+  check(block_size > 0 && num_seqs >= 0 && num_seqs < 65536 && max_blocks_per_seq >= 0,
+        "paged_prefill_attention: bad block size or sequence count (< 65536)");
+  check(num_tokens >= 0, "paged_prefill_attention: num_tokens must be >= 0");
+  if (num_tokens == 0 || num_seqs == 0) return;
+  AttentionParams p{reinterpret_cast<void*>(out), out_token_stride, out_head_stride,
+                    reinterpret_cast<const void*>(q), q_token_stride, q_head_stride,
+                    reinterpret_cast<const void*>(key_cache),
+                    reinterpret_cast<const void*>(value_cache), block_size, num_q_heads,
+                    num_kv_heads, head_dim, reinterpret_cast<const int32_t*>(block_tables),
+                    max_blocks_per_seq, reinterpret_cast<const int64_t*>(query_start_loc),
+                    reinterpret_cast<const int64_t*>(context_lens), float(scale)};
+  const size_t smem = attention_smem_bytes(head_dim);
+  // no sequence has more new tokens than the batch: tiles past a sequence's own
+  // query length exit at once (this avoids reading the lengths on the host)
+  const dim3 grid(unsigned((num_tokens + kTileQ - 1) / kTileQ), unsigned(num_q_heads),
+                  unsigned(num_seqs));
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_dtype(dtype, [&](auto tag) {
+    auto kernel = &paged_attention_kernel<decltype(tag)>;
+    if (smem > 48 * 1024) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    }
+    kernel<<<grid, kAttnThreads, smem, s>>>(p);
+  });
+  check_launch(op);
+}
+
+}  // namespace reward_engine::cuda

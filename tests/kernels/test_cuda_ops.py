@@ -1,0 +1,149 @@
+"""The cuda backend (kernels._C_cuda) against the reference, on the same parametrized
+cases as the cpu backend: silu_mul (+ FP8 output), rope / rope_and_cache, paged prefill
+attention, fp8_quantize (bit-equal) and the cuBLASLt fp8_gemm. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import DTYPES, assert_close
+from test_paged_attention import BATCH, LAYOUTS, make_batch
+
+import kernels
+from kernels import _native
+from kernels.activation import silu_mul_reference
+from kernels.fp8 import FP8_DTYPE, GRANULARITIES, fp8_gemm_reference
+from kernels.paged_attention import paged_prefill_attention_reference
+from kernels.rope import rope_and_cache_reference, rope_reference
+
+
+def _skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (the cuda backend is compiled but runs only on a GPU)"
+    if _native.cuda_module() is None:
+        return f"kernels._C_cuda is not built: {_native.import_error('_C_cuda')}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+DEV = "cuda"
+
+
+def make(shape, dtype, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(shape, generator=g)).to(dtype)
+
+
+@pytest.mark.parametrize("inter", [8, 17, 768, 769, 5125])
+@pytest.mark.parametrize("tokens", [1, 7, 83])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul(dtype, tokens, inter):
+    x = make((tokens, 2 * inter), dtype)
+    out = kernels.silu_mul(x.to(DEV), backend="cuda")
+    assert_close(out, silu_mul_reference(x), "silu_mul[cuda]")
+    q = kernels.silu_mul(x.to(DEV), fp8_scale=0.05, backend="cuda")
+    expected, _ = kernels.fp8_quantize(out.cpu(), 0.05, backend="reference")
+    assert torch.equal(q.cpu().view(torch.uint8), expected.view(torch.uint8))
+
+
+@pytest.mark.parametrize("head_shape", [(4, 4, 64), (8, 2, 128), (8, 1, 18)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_and_cache(dtype, head_shape):
+    num_q, num_kv, d = head_shape
+    tokens, block = 37, 5
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(tokens, (num_q + 2 * num_kv) * d, generator=g).to(dtype)
+    positions = torch.randint(0, 200, (tokens,), generator=g)
+    cache = kernels.compute_cos_sin_cache(d, 256, 500000.0)
+    slots = torch.randperm(12 * block, generator=g)[:tokens].to(torch.int32)
+    slots[3] = -1
+
+    def run(qkv, backend, device):
+        qkv = qkv.clone().to(device)
+        q = qkv[:, : num_q * d].view(tokens, num_q, d)
+        k = qkv[:, num_q * d : (num_q + num_kv) * d].view(tokens, num_kv, d)
+        v = qkv[:, (num_q + num_kv) * d :].view(tokens, num_kv, d)
+        kc = torch.zeros(12, block, num_kv, d, dtype=dtype, device=device)
+        vc = torch.zeros_like(kc)
+        args = (positions.to(device), cache.to(device), kc, vc, slots.to(device))
+        if backend == "reference":
+            rope_and_cache_reference(q, k, v, *args)
+        else:
+            kernels.rope_and_cache(q, k, v, *args, backend=backend)
+        return q.cpu(), k.cpu(), kc.cpu(), vc.cpu()
+
+    for got, want in zip(run(qkv, "cuda", DEV), run(qkv, "reference", "cpu"), strict=True):
+        assert_close(got, want, "rope_and_cache[cuda]")
+    q = qkv[:, : num_q * d].view(tokens, num_q, d)
+    k = qkv[:, num_q * d : (num_q + num_kv) * d].view(tokens, num_kv, d)
+    qc, kc = q.to(DEV), k.to(DEV)
+    kernels.rope(qc, kc, positions.to(DEV), cache.to(DEV), backend="cuda")
+    qr, kr = rope_reference(q.clone(), k.clone(), positions, cache)
+    assert_close(qc.cpu(), qr, "rope[cuda] q")
+    assert_close(kc.cpu(), kr, "rope[cuda] k")
+    with pytest.raises(IndexError):
+        kernels.rope(qc, kc, positions.to(DEV) + 1000, cache.to(DEV), backend="cuda")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_prefill_attention(dtype, layout):
+    num_q, num_kv, block_size, head_dim = layout
+    q, kc, vc, tables, starts, lens = make_batch(BATCH, num_q, num_kv, head_dim, block_size, dtype)
+    scale = head_dim**-0.5
+    out = kernels.paged_prefill_attention(
+        q.to(DEV), kc.to(DEV), vc.to(DEV), tables.to(DEV), starts, lens, scale, backend="cuda"
+    )
+    expected = paged_prefill_attention_reference(q, kc, vc, tables, starts, lens, scale)
+    assert_close(out.cpu(), expected, "attention[cuda]")
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 17), (83, 769), (16, 5125)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fp8_quantize_bit_equal(dtype, shape, granularity):
+    x = make(shape, dtype, scale=100.0)
+    x.view(-1)[0] = float("nan")
+    if x.numel() > 2:
+        x.view(-1)[1], x.view(-1)[2] = float("inf"), -float("inf")
+    q, s = kernels.fp8_quantize(x.to(DEV), granularity=granularity, backend="cuda")
+    q_ref, s_ref = kernels.fp8_quantize(x, granularity=granularity, backend="reference")
+    assert torch.equal(s.cpu(), s_ref)
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+    q, _ = kernels.fp8_quantize(x.to(DEV), s_ref.to(DEV), granularity, backend="cuda")
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def _fp8_gemm_capable() -> bool:
+    return torch.cuda.get_device_capability() >= (8, 9) and hasattr(
+        _native.cuda_module(), "fp8_gemm"
+    )
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("mnk", [(1, 16, 16), (33, 64, 64), (83, 144, 784), (256, 512, 1024)])
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_fp8_gemm(out_dtype, mnk, with_bias, per_channel, per_token):
+    if not _fp8_gemm_capable():
+        pytest.skip("cuBLASLt FP8 needs sm_89+ and a build with cuBLASLt")
+    m, n, k = mnk
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(m, k, generator=g) * 4).to(FP8_DTYPE)
+    b = (torch.randn(n, k, generator=g) * 4).to(FP8_DTYPE)
+    sa = torch.rand(m if per_token else 1, generator=g) + 0.5
+    sb = torch.rand(n if per_channel else 1, generator=g) + 0.5
+    bias = make((n,), out_dtype, seed=1) if with_bias else None
+    args = (a.to(DEV), b.to(DEV), sa.to(DEV), sb.to(DEV), out_dtype)
+    out = kernels.fp8_gemm(*args, None if bias is None else bias.to(DEV), backend="cuda")
+    ref = fp8_gemm_reference(a, b, sa, sb, out_dtype, bias)
+    # fp32 accumulation in another order: compare relative to the row's magnitude
+    err = (out.cpu().double() - ref.double()).abs()
+    assert (err <= 2e-2 * ref.double().abs() + 1e-2 * ref.double().abs().amax(1, True)).all()
+
+
+def test_fp8_gemm_rejects_unaligned_k():
+    a = torch.ones(4, 17, device=DEV).to(FP8_DTYPE)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        kernels.fp8_gemm(a, a, torch.ones(1, device=DEV), torch.ones(1, device=DEV), backend="cuda")
