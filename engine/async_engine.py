@@ -175,9 +175,13 @@ class AsyncRewardEngine:
                     await asyncio.sleep(0.001)
                     continue
                 start = time.perf_counter()
-                rewards, errors = await loop.run_in_executor(
-                    self._executor, self.engine.execute, out
-                )
+                try:
+                    rewards, errors = await loop.run_in_executor(
+                        self._executor, self.engine.execute, out
+                    )
+                except BaseException:
+                    self.engine.abandon_step(out, "the engine loop was interrupted")
+                    raise
                 finished, failed = self.engine.finish_step(
                     out, rewards, errors, time.perf_counter() - start
                 )

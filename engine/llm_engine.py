@@ -264,7 +264,11 @@ class RewardEngine:
         failed = self.scheduler.expire()
         out = self.scheduler.schedule()
         start = time.perf_counter()
-        rewards, errors = self.execute(out)
+        try:
+            rewards, errors = self.execute(out)
+        except BaseException:  # an interrupt: the step may be half written
+            self.abandon_step(out, "the step was interrupted")
+            raise
         finished, aborted = self.finish_step(out, rewards, errors, time.perf_counter() - start)
         return finished, failed + aborted
 
@@ -316,6 +320,15 @@ class RewardEngine:
             s["last_step_time_s"] = seconds
             s["last_batch_tokens"] = out.num_batched_tokens
         return [(r, self.to_reward(rewards[r.request_id])) for r in finished], failed
+
+    def abandon_step(self, out: SchedulerOutput, reason: str) -> None:
+        """Fail every request of a step that did not complete, then close the step, so
+        no half-written block is ever registered in the prefix cache."""
+        for chunk in out.chunks:
+            self.scheduler.abort(
+                chunk.request_id, RequestFailedError(f"request {chunk.request_id!r}: {reason}")
+            )
+        self.scheduler.update_after_step(out)
 
     def to_reward(self, row: list[float]) -> Reward:
         return row[0] if self.num_labels == 1 else row

@@ -170,3 +170,26 @@ def test_property_rewards_do_not_depend_on_budget_chunks_pool_or_cache(
     ref = torch.tensor([_reference[tuple(s)] for s in seqs])
     assert_rewards_close(got, ref, BATCHING_RTOL)
     assert_drained(eng)
+
+
+def test_an_interrupted_step_leaves_nothing_half_written_in_the_cache(ckpt):
+    seqs = [tokens(100, 11), tokens(60, 12)]
+    eng = RewardEngine.from_pretrained(ckpt, dtype="float32", max_num_batched_tokens=64)
+    real = eng.runner.execute
+    calls = []
+
+    def interrupted(chunks):
+        calls.append(len(calls))
+        if len(calls) == 2:  # the second step: its blocks are half written
+            real(chunks)
+            raise KeyboardInterrupt
+        return real(chunks)
+
+    eng.runner.execute = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        eng.score_token_ids(seqs)
+    assert_drained(eng)
+    eng.runner.execute = real
+    fresh = RewardEngine.from_pretrained(ckpt, dtype="float32", enable_prefix_caching=False)
+    assert_rewards_close(score(eng, seqs), score(fresh, seqs), BATCHING_RTOL)
+    assert_drained(eng)
