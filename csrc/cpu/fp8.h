@@ -17,23 +17,21 @@ namespace reward_engine {
 
 constexpr float kFp8E4M3Max = 448.0f;
 
+// Branch-free (both roundings computed, then selected) so loops over it vectorize.
 static inline uint8_t float_to_e4m3(float f) {
-  uint32_t u = float_to_bits(f);
-  const uint8_t sign = uint8_t((u >> 24) & 0x80u);
-  u &= 0x7fffffffu;
-  if (u > 0x7f800000u) return sign | 0x7f;    // NaN
-  if (u >= 0x43e00000u) return sign | 0x7e;   // >= 448 (and inf) saturates to 448
-  if (u < (121u << 23)) {
-    // below 2^-6: adding 2^(141-127) = 2^14 lines the subnormal step 2^-9 up
-    // with fp32's last mantissa bit, so the hardware add rounds to nearest even
-    const uint32_t magic = 141u << 23;
-    const float rounded = bits_to_float(u) + bits_to_float(magic);
-    return sign | uint8_t(float_to_bits(rounded) - magic);
-  }
-  // normal: rebias the exponent (127 -> 7) and round away the low 20 mantissa bits
-  const uint32_t odd = (u >> 20) & 1u;
-  u += (uint32_t(7 - 127) << 23) + 0x7ffffu + odd;
-  return sign | uint8_t(u >> 20);
+  const uint32_t u = float_to_bits(f);
+  const uint32_t sign = (u >> 24) & 0x80u;
+  const uint32_t a = u & 0x7fffffffu;
+  // normal (>= 2^-6): rebias the exponent (127 -> 7), round away 20 mantissa bits
+  const uint32_t normal = (a + (uint32_t(7 - 127) << 23) + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+  // below 2^-6: adding 2^(141-127) = 2^14 lines the subnormal step 2^-9 up with
+  // fp32's last mantissa bit, so the hardware add rounds to nearest even
+  const uint32_t magic = 141u << 23;
+  const uint32_t subnormal = float_to_bits(bits_to_float(a) + bits_to_float(magic)) - magic;
+  uint32_t r = a < (121u << 23) ? subnormal : normal;
+  r = a >= 0x43e00000u ? 0x7eu : r;  // >= 448 (and inf) saturates to 448
+  r = a > 0x7f800000u ? 0x7fu : r;   // NaN
+  return uint8_t(sign | r);
 }
 
 static inline float e4m3_to_float(uint8_t v) {

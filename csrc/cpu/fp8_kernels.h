@@ -30,7 +30,8 @@ float row_amax(const T* x, int64_t n) {
   float m = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(to_float(x[i]));
-    if (a <= 3.4028234663852886e38f && a > m) m = a;  // false for NaN and inf
+    const float v = a <= 3.4028234663852886e38f ? a : 0.0f;  // NaN and inf count as 0
+    m = v > m ? v : m;
   }
   return m;
 }
@@ -40,15 +41,22 @@ template <class T>
 void update_col_amax(float* m, const T* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float a = std::fabs(to_float(x[j]));
-    if (a <= 3.4028234663852886e38f && a > m[j]) m[j] = a;
+    const float v = a <= 3.4028234663852886e38f ? a : 0.0f;
+    m[j] = v > m[j] ? v : m[j];
   }
 }
 
 // One row: out[j] = e4m3(x[j] / scale[j * scale_step]) (step 0: one scale).
+// Restrict-qualified, with the per-row scale hoisted: out is uint8_t, which may
+// alias anything, and without these the loop reloads the scale and does not vectorize.
 template <class T>
-void quantize_row(uint8_t* out, const T* x, const float* scale, int64_t scale_step, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    out[j] = float_to_e4m3(to_float(x[j]) / scale[j * scale_step]);
+void quantize_row(uint8_t* __restrict__ out, const T* __restrict__ x,
+                  const float* __restrict__ scale, int64_t scale_step, int64_t n) {
+  if (scale_step == 0) {
+    const float s = scale[0];
+    for (int64_t j = 0; j < n; ++j) out[j] = float_to_e4m3(to_float(x[j]) / s);
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = float_to_e4m3(to_float(x[j]) / scale[j]);
   }
 }
 
