@@ -1,8 +1,9 @@
 """reward-engine kernels: one entry point per op, several backends.
 
 Backends: `reference` (plain PyTorch, the specification), `cpu` (C++ in csrc/cpu,
-module kernels._C), `cuda` (CUDA C++ in csrc/cuda, module kernels._C_cuda). Dispatch
-rules, environment variables and tolerances are in kernels/README.md.
+module kernels._C), `cuda` (CUDA C++ in csrc/cuda, module kernels._C_cuda), `triton`
+(kernels/triton, imported only when used). Dispatch rules, environment variables and
+tolerances are in kernels/README.md.
 """
 
 from .activation import silu_mul

@@ -59,6 +59,7 @@ SILU_MUL_FP8 = Op(
         "reference": silu_mul_fp8_reference,
         "cpu": silu_mul_fp8_native,
         "cuda": silu_mul_fp8_native,
+        "triton": triton_impl("activation", "silu_mul_fp8_triton"),
     },
 )
 

@@ -90,14 +90,12 @@ def _run(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
     if tokens == 0:
         return q, k
     half = head_dim // 2
-    v_strides = (v.stride(0), v.stride(1)) if write else (0, 0)
-    dummy = q if not write else None
+    if not write:  # the cache arguments are not read (WRITE_CACHE=False): any pointer will do
+        v, key_cache, value_cache, slot_mapping = k, k, k, positions
     launch(
         _rope_kernel, (tokens,), q.device,
-        q, k, v if write else dummy, positions, cos_sin_cache,
-        key_cache if write else dummy, value_cache if write else dummy,
-        slot_mapping if write else positions,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *v_strides,
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         num_q, num_kv, half,
         WRITE_CACHE=write, BLOCK_HQ=next_power_of_2(num_q), BLOCK_HKV=next_power_of_2(num_kv),
         BLOCK_HALF=next_power_of_2(half),

@@ -33,8 +33,8 @@ def sig(names, dt):
 norm_args = [("out_ptr", "*DT"), ("x_ptr", "*DT"), ("res_ptr", "*DT"), ("w_ptr", "*DT"),
              ("scale_ptr", "*fp32"), ("hidden", "i32"), ("out_stride", "i32"), ("x_stride", "i32"),
              ("res_stride", "i32"), ("eps", "fp32")]
-silu_args = [("out_ptr", "*DT"), ("x_ptr", "*DT"), ("inter", "i32"), ("out_stride", "i32"),
-             ("x_stride", "i32")]
+silu_args = [("out_ptr", "*DT"), ("x_ptr", "*DT"), ("scale_ptr", "*fp32"), ("inter", "i32"),
+             ("out_stride", "i32"), ("x_stride", "i32")]
 rope_args = [("q_ptr", "*DT"), ("k_ptr", "*DT"), ("v_ptr", "*DT"), ("pos_ptr", "*i64"),
              ("cos_sin_ptr", "*fp32"), ("key_cache_ptr", "*DT"), ("value_cache_ptr", "*DT"),
              ("slot_ptr", "*i32")] + [(n, "i32") for n in (
@@ -48,17 +48,19 @@ attn_args = [("out_ptr", "*DT"), ("q_ptr", "*DT"), ("key_cache_ptr", "*DT"),
              "block_size", "num_kv_heads", "head_dim")]
 cases = [
     (norm._rms_norm_kernel, norm_args, {"FUSED_ADD": True, "FP8_OUT": False, "BLOCK": 8192}, 8),
-    (activation._silu_mul_kernel, silu_args, {"BLOCK": 1024}, 4),
+    (activation._silu_mul_kernel, silu_args, {"FP8_OUT": False, "BLOCK": 1024}, 4),
     (rope._rope_kernel, rope_args,
      {"WRITE_CACHE": True, "BLOCK_HQ": 64, "BLOCK_HKV": 8, "BLOCK_HALF": 64}, 4),
     (paged_attention._paged_prefill_kernel, attn_args,
-     {"GROUP": 8, "TILE_TOKENS": 8, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128,
-      "FP32_DOT": False}, 4),
+     {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
+      "FP32_DOT": False}, 8),
 ]
 gemm_args = [("out_ptr", "*DT"), ("a_ptr", "*fp8e4nv"), ("b_ptr", "*fp8e4nv"),
              ("a_scale_ptr", "*fp32"), ("b_scale_ptr", "*fp32"), ("bias_ptr", "*DT")] + [
              (n, "i32") for n in ("M", "N", "K", "out_stride", "a_stride", "b_stride")]
 fp8_cases = [  # E4M3 needs sm_89+: compiled for sm_90 only
+    (activation._silu_mul_kernel, [("out_ptr", "*fp8e4nv")] + silu_args[1:],
+     {"FP8_OUT": True, "BLOCK": 1024}, 4),
     (norm._rms_norm_kernel, [("out_ptr", "*fp8e4nv")] + norm_args[1:],
      {"FUSED_ADD": True, "FP8_OUT": True, "BLOCK": 8192}, 8),
     (fp8._amax_rows_kernel, [("amax_ptr", "*fp32"), ("x_ptr", "*DT"), ("cols", "i32"),
@@ -96,4 +98,4 @@ def test_kernels_compile_for_sm80_and_sm90():  # about 20 s on 2 cores
     if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("this triton install has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 12
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 13

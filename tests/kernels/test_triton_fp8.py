@@ -97,6 +97,18 @@ def test_norm_fp8_output_is_the_quantized_norm(fused, dtype):
     assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@gpu_fp8
+def test_silu_mul_fp8_output_is_the_quantized_product(dtype):
+    x = _x(37, 2 * 1100, 5).nan_to_num(0, 0, 0).to(dtype).to(CUDA) / 10
+    scale = torch.tensor(0.005, device=CUDA)
+    q = kernels.silu_mul(x, fp8_scale=scale, backend="triton")
+    y = kernels.silu_mul(x, backend="triton")
+    expected = fp8_quantize_reference(y, scale, "tensor")[0]
+    assert q.dtype == FP8_DTYPE
+    assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
+
+
 def test_fp8_on_cpu_tensors_is_refused_clearly():
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
