@@ -9,7 +9,7 @@ compute-bound ones. Each row reports the median time, GB/s or TFLOP/s, the share
 the roofline and the speedup over the baseline; the header names the device, the
 versions and the date. Writes bench/results/kernels_<device>.md and .json.
 
-    python bench/kernels.py                  # CPU: cpu and reference backends (~4 min)
+    python bench/kernels.py                  # CPU: cpu and reference backends (~2-3 min)
     python bench/kernels.py --device cuda    # GPU: cuda and triton backends, GPU targets
     python bench/kernels.py --only attention --quick
 
@@ -510,8 +510,8 @@ def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed) -> None:
         + (f"; CPU ISA {env['cpu_isa']}" if "cpu_isa" in env else "")
         + (f"; CUDA {env['cuda']}, {env['capability']}" if "cuda" in env else "")
         + f". Written by `bench/kernels.py` in {elapsed:.0f} s; 1-minute load average "
-        f"{env['load_average_1min_at_start']:.1f} at the start (other processes share the "
-        "machine when it exceeds 0).",
+        f"{env['load_average_1min_at_start']:.1f} at the start (above {env['cpu_count']}, "
+        "other processes competed for the cores).",
         "",
         f"Rooflines measured at the start of this run: copy {roof['copy_GBps']:.1f} GB/s (read + write of "
         f"{roof['copy_bytes'] >> 20} MiB), bf16 matmul {roof['matmul_TFLOPs']:.3f} TFLOP/s "
