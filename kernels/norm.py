@@ -116,6 +116,7 @@ RMS_NORM_FP8 = Op(
     {
         "reference": rms_norm_fp8_reference,
         "cpu": rms_norm_fp8_native,
+        "cuda": rms_norm_fp8_native,
         "triton": triton_impl("norm", "rms_norm_fp8_triton"),
     },
 )
@@ -124,6 +125,7 @@ FUSED_ADD_RMS_NORM_FP8 = Op(
     {
         "reference": fused_add_rms_norm_fp8_reference,
         "cpu": fused_add_rms_norm_fp8_native,
+        "cuda": fused_add_rms_norm_fp8_native,
         "triton": triton_impl("norm", "fused_add_rms_norm_fp8_triton"),
     },
 )

@@ -19,6 +19,14 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("out_stride"), py::arg("x_stride"), py::arg("residual_stride"), py::arg("eps"),
         py::arg("dtype"), py::arg("stream"));
 
+  m.def("rms_norm_fp8", &cuda::rms_norm_fp8, release(), py::arg("out"), py::arg("x"),
+        py::arg("weight"), py::arg("rows"), py::arg("hidden"), py::arg("out_stride"),
+        py::arg("x_stride"), py::arg("eps"), py::arg("scale"), py::arg("dtype"),
+        py::arg("stream"));
+  m.def("fused_add_rms_norm_fp8", &cuda::fused_add_rms_norm_fp8, release(), py::arg("out"),
+        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("rows"), py::arg("hidden"),
+        py::arg("out_stride"), py::arg("x_stride"), py::arg("residual_stride"), py::arg("eps"),
+        py::arg("scale"), py::arg("dtype"), py::arg("stream"));
   m.def("silu_mul", &cuda::silu_mul, release(), py::arg("out"), py::arg("x"), py::arg("rows"),
         py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"), py::arg("dtype"),
         py::arg("stream"));

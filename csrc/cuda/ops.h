@@ -19,6 +19,15 @@ void fused_add_rms_norm(uintptr_t out, uintptr_t x, uintptr_t residual, uintptr_
 // The ops below mirror csrc/cpu/ops.h argument for argument, except that the
 // last argument is the stream instead of num_threads.
 
+// E4M3 output (uint8 codes) with the static per-tensor fp32 scale at `scale`.
+void rms_norm_fp8(uintptr_t out, uintptr_t x, uintptr_t weight, int64_t rows, int64_t hidden,
+                  int64_t out_stride, int64_t x_stride, double eps, uintptr_t scale, int dtype,
+                  uintptr_t stream);
+void fused_add_rms_norm_fp8(uintptr_t out, uintptr_t x, uintptr_t residual, uintptr_t weight,
+                            int64_t rows, int64_t hidden, int64_t out_stride, int64_t x_stride,
+                            int64_t residual_stride, double eps, uintptr_t scale, int dtype,
+                            uintptr_t stream);
+
 void silu_mul(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t out_stride,
               int64_t x_stride, int dtype, uintptr_t stream);
 void silu_mul_fp8(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t out_stride,

@@ -46,6 +46,24 @@ def test_silu_mul(dtype, tokens, inter):
     assert torch.equal(q.cpu().view(torch.uint8), expected.view(torch.uint8))
 
 
+@pytest.mark.parametrize("hidden", [8, 17, 769, 5125])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norms_with_fp8_output(dtype, hidden):
+    x, r, w = make((7, hidden), dtype), make((7, hidden), dtype, 1), make((hidden,), dtype, 2)
+    xd, rd, wd = x.to(DEV), r.to(DEV), w.to(DEV)
+    y = kernels.rms_norm(xd, wd, 1e-5, backend="cuda")
+    q = kernels.rms_norm(xd, wd, 1e-5, fp8_scale=0.02, backend="cuda")
+    expected, _ = kernels.fp8_quantize(y.cpu(), 0.02, backend="reference")
+    assert torch.equal(q.cpu().view(torch.uint8), expected.view(torch.uint8))
+    r_ref = r.clone()
+    q = kernels.fused_add_rms_norm(xd, rd, wd, 1e-5, fp8_scale=0.02, backend="cuda")
+    kernels.fused_add_rms_norm(x, r_ref, w, 1e-5, backend="reference")
+    assert torch.equal(rd.cpu(), r_ref)
+    y = kernels.rms_norm(rd, wd, 1e-5, backend="cuda")
+    expected, _ = kernels.fp8_quantize(y.cpu(), 0.02, backend="reference")
+    assert torch.equal(q.cpu().view(torch.uint8), expected.view(torch.uint8))
+
+
 @pytest.mark.parametrize("head_shape", [(4, 4, 64), (8, 2, 128), (8, 1, 18)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rope_and_cache(dtype, head_shape):

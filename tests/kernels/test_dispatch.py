@@ -11,8 +11,8 @@ import torch
 import kernels
 from kernels import _native
 from kernels.activation import SILU_MUL, silu_mul_cpu, silu_mul_reference
-from kernels.backend import ENV_VAR, BackendUnavailableError
-from kernels.norm import RMS_NORM, RMS_NORM_FP8, rms_norm_cpu, rms_norm_reference
+from kernels.backend import ENV_VAR, BackendUnavailableError, Op
+from kernels.norm import RMS_NORM, rms_norm_cpu, rms_norm_reference
 
 CPU = torch.device("cpu")
 
@@ -50,8 +50,9 @@ def test_environment_variable_forces_a_backend(cpu_module, monkeypatch):
 def test_forced_backend_that_cannot_run_raises_a_clear_error(monkeypatch):
     with pytest.raises(BackendUnavailableError, match="runs on cuda tensors, got cpu"):
         kernels.rms_norm(torch.ones(2, 4), torch.ones(4), 1e-5, backend="cuda")
-    with pytest.raises(BackendUnavailableError, match="has no rms_norm_fp8 kernel"):
-        RMS_NORM_FP8.select(CPU, "cuda")
+    reference_only = Op("reference_only", {"reference": rms_norm_reference})
+    with pytest.raises(BackendUnavailableError, match="has no reference_only kernel"):
+        reference_only.select(CPU, "cuda")
     monkeypatch.setenv(ENV_VAR, "cuda")
     with pytest.raises(BackendUnavailableError, match=f"forced by {ENV_VAR}"):
         kernels.silu_mul(torch.ones(2, 4))
