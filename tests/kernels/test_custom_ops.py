@@ -1,6 +1,7 @@
 """The compiled kernels as torch ops (kernels/custom_ops.py): schema, mutation
-annotations and fake implementations checked by torch.library.opcheck on CPU, and a
-torch.compile(fullgraph=True) trace through one op."""
+annotations and fake implementations checked by torch.library.opcheck on CPU (and on
+CUDA where a GPU and kernels._C_cuda exist), and a torch.compile(fullgraph=True)
+trace through one op."""
 
 from __future__ import annotations
 
@@ -8,10 +9,20 @@ import pytest
 import torch
 
 import kernels
-from kernels import custom_ops
+from kernels import _native, custom_ops
 from kernels.fp8 import FP8_DTYPE
 
 pytestmark = pytest.mark.usefixtures("cpu_module")
+_HAS_CUDA = torch.cuda.is_available() and _native.cuda_module() is not None
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not _HAS_CUDA, reason="needs a GPU")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
 
 
 def randn(*shape, dtype=torch.float32, seed=0):
@@ -19,46 +30,60 @@ def randn(*shape, dtype=torch.float32, seed=0):
     return torch.randn(shape, generator=g).to(dtype)
 
 
-def opcheck(op, *args):
-    torch.library.opcheck(op, args)
+def opcheck(op, *args, device="cpu"):
+    moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(op, moved)
 
 
 @pytest.mark.parametrize("rows,hidden", [(1, 8), (7, 33), (16, 256)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_norm_ops(rows, hidden, dtype):
+def test_norm_ops(rows, hidden, dtype, device):
     x, r, w = (
         randn(rows, hidden, dtype=dtype),
         randn(rows, hidden, dtype=dtype, seed=1),
         randn(hidden, dtype=dtype, seed=2),
     )
-    opcheck(custom_ops.rms_norm, torch.empty_like(x), x, w, 1e-5)
-    opcheck(custom_ops.fused_add_rms_norm, torch.empty_like(x), x, r, w, 1e-5)
+    opcheck(custom_ops.rms_norm, torch.empty_like(x), x, w, 1e-5, device=device)
+    opcheck(custom_ops.fused_add_rms_norm, torch.empty_like(x), x, r, w, 1e-5, device=device)
     out8 = torch.empty(rows, hidden, dtype=torch.uint8)
-    opcheck(custom_ops.rms_norm_fp8, out8, x, w, 1e-5, torch.tensor(0.01))
-    opcheck(custom_ops.fused_add_rms_norm_fp8, out8, x, r, w, 1e-5, torch.tensor(0.01))
+    opcheck(custom_ops.rms_norm_fp8, out8, x, w, 1e-5, torch.tensor(0.01), device=device)
+    opcheck(
+        custom_ops.fused_add_rms_norm_fp8, out8, x, r, w, 1e-5, torch.tensor(0.01), device=device
+    )
 
 
 @pytest.mark.parametrize("rows,inter", [(1, 8), (5, 17)])
-def test_silu_mul_ops(rows, inter):
+def test_silu_mul_ops(rows, inter, device):
     x = randn(rows, 2 * inter, dtype=torch.bfloat16)
-    opcheck(custom_ops.silu_mul, torch.empty(rows, inter, dtype=torch.bfloat16), x)
+    opcheck(custom_ops.silu_mul, torch.empty(rows, inter, dtype=torch.bfloat16), x, device=device)
     out8 = torch.empty(rows, inter, dtype=torch.uint8)
-    opcheck(custom_ops.silu_mul_fp8, out8, x, torch.tensor(0.02))
+    opcheck(custom_ops.silu_mul_fp8, out8, x, torch.tensor(0.02), device=device)
 
 
 @pytest.mark.parametrize("tokens,hq,hkv,d", [(1, 2, 1, 16), (9, 8, 2, 64)])
-def test_rope_ops(tokens, hq, hkv, d):
+def test_rope_ops(tokens, hq, hkv, d, device):
     q, k, v = randn(tokens, hq, d), randn(tokens, hkv, d, seed=1), randn(tokens, hkv, d, seed=2)
     positions = torch.arange(tokens, dtype=torch.int64) * 3
     cache = kernels.compute_cos_sin_cache(d, 64, 10000.0)
-    opcheck(custom_ops.rope, q, k, positions, cache)
+    opcheck(custom_ops.rope, q, k, positions, cache, device=device)
     key_cache, value_cache = torch.zeros(4, 5, hkv, d), torch.zeros(4, 5, hkv, d)
     slots = torch.randperm(20)[:tokens].to(torch.int32)
-    opcheck(custom_ops.rope_and_cache, q, k, v, positions, cache, key_cache, value_cache, slots)
+    opcheck(
+        custom_ops.rope_and_cache,
+        q,
+        k,
+        v,
+        positions,
+        cache,
+        key_cache,
+        value_cache,
+        slots,
+        device=device,
+    )
 
 
 @pytest.mark.parametrize("query_lens,context_lens", [([1], [1]), ([3, 0, 5], [7, 2, 5])])
-def test_paged_prefill_attention_op(query_lens, context_lens):
+def test_paged_prefill_attention_op(query_lens, context_lens, device):
     hq, hkv, d, block = 4, 2, 32, 4
     q = randn(sum(query_lens), hq, d)
     key_cache, value_cache = randn(12, block, hkv, d, seed=1), randn(12, block, hkv, d, seed=2)
@@ -68,27 +93,29 @@ def test_paged_prefill_attention_op(query_lens, context_lens):
     out = torch.empty_like(q)
     opcheck(
         custom_ops.paged_prefill_attention, out, q, key_cache, value_cache, tables, starts,
-        lens, 0.125,
+        lens, 0.125, device=device,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("granularity,dynamic", [(0, True), (1, True), (2, True), (0, False)])
-def test_fp8_quantize_op(granularity, dynamic):
+def test_fp8_quantize_op(granularity, dynamic, device):
     x = randn(6, 40, dtype=torch.float16)
     shape = {0: (), 1: (6, 1), 2: (40,)}[granularity]
     scale = torch.full(shape, 0.01)
     out = torch.empty(6, 40, dtype=torch.uint8)
-    opcheck(custom_ops.fp8_quantize, out, x, scale, granularity, dynamic)
+    opcheck(custom_ops.fp8_quantize, out, x, scale, granularity, dynamic, device=device)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 65, 33)])
+@pytest.mark.parametrize("m,n,k", [(1, 16, 16), (7, 65, 48)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_fp8_gemm_op(m, n, k, with_bias):
+def test_fp8_gemm_op(m, n, k, with_bias, device):
     a = randn(m, k).to(FP8_DTYPE).view(torch.uint8)
     b = randn(n, k, seed=1).to(FP8_DTYPE).view(torch.uint8)
     bias = randn(n, dtype=torch.bfloat16, seed=2) if with_bias else None
     out = torch.empty(m, n, dtype=torch.bfloat16)
-    opcheck(custom_ops.fp8_gemm, out, a, b, torch.rand(m) + 0.5, torch.tensor(0.5), bias)
+    opcheck(
+        custom_ops.fp8_gemm, out, a, b, torch.rand(m) + 0.5, torch.tensor(0.5), bias, device=device
+    )
 
 
 def test_public_ops_trace_with_torch_compile():
