@@ -62,7 +62,7 @@ void quantize_row(uint8_t* __restrict__ out, const T* __restrict__ x,
 
 constexpr int64_t kGemmPanelN = 64;   // columns of C per task (one B panel)
 constexpr int64_t kGemmBlockK = 256;  // depth of one packed B block
-constexpr int kGemmRows = 4;          // rows of the register tile
+constexpr int kGemmRows = 6;          // rows of the register tile
 
 // C[0:M, 0:kGemmPanelN] = A @ B[n0 : n0 + kGemmPanelN]^T, C row-major with row
 // stride kGemmPanelN, zeroed by the caller; columns past N come out as 0.
