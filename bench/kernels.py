@@ -438,11 +438,12 @@ def targets(rows: list[dict], device: torch.device) -> list[dict]:
                 None if pct is None else pct >= 90)  # fmt: skip
     shape = "8 x 2048 tokens, 64q/8kv d128"
     base = _find(rows, "paged_prefill_attention", shape, "torch SDPA-flash (kv repeated)")
-    r = _find(rows, "paged_prefill_attention", shape, "triton")
-    pct = None if not (r and base and r.get("TFLOPs") and base.get("TFLOPs")) else (
-        100 * r["TFLOPs"] / base["TFLOPs"])  # fmt: skip
-    add("paged_prefill_attention 8x2048, 64q/8kv, d128 bf16, triton: % of SDPA-flash TFLOP/s",
-        pct, ">= 70 %", None if pct is None else pct >= 70)  # fmt: skip
+    for impl in ("cuda", "triton"):
+        r = _find(rows, "paged_prefill_attention", shape, impl)
+        pct = None if not (r and base and r.get("TFLOPs") and base.get("TFLOPs")) else (
+            100 * r["TFLOPs"] / base["TFLOPs"])  # fmt: skip
+        add(f"paged_prefill_attention 8x2048, 64q/8kv, d128 bf16, {impl}: % of SDPA-flash "
+            "TFLOP/s", pct, ">= 70 %", None if pct is None else pct >= 70)  # fmt: skip
     return out
 
 
