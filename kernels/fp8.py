@@ -110,7 +110,7 @@ def fp8_gemm_cuda(a, b, a_scale, b_scale, out_dtype, bias):
         raise ValueError(
             "fp8_gemm: the cuda backend (cuBLASLt) needs K and the row strides of a and b to be "
             f"multiples of 16; got a {tuple(a.shape)} stride {a.stride()}, b {tuple(b.shape)} "
-            f"stride {b.stride()}. Pad K, or use backend=\"triton\" or \"reference\"."
+            f'stride {b.stride()}. Pad K, or use backend="triton" or "reference".'
         )
     return fp8_gemm_native(a, b, a_scale, b_scale, out_dtype, bias)
 
