@@ -129,7 +129,10 @@ rope_cpu = rope_native
 
 def check_indices_on_device(positions, max_position, slot_mapping=None, num_slots=0):
     """The cuda kernels do not range-check (that would need a host copy inside the
-    launcher): check here with tensor ops, one synchronization, IndexError as on CPU."""
+    launcher): check here with tensor ops, one synchronization, IndexError as on CPU.
+    Skipped while a CUDA graph is captured or torch.compile traces (no host sync there)."""
+    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return
     bad = ((positions < 0) | (positions >= max_position)).any()
     if slot_mapping is not None:
         bad = bad | (slot_mapping >= num_slots).any()
