@@ -136,3 +136,20 @@ def test_pool_smaller_than_a_sequence_refuses_it_before_running(ckpt):
 def test_kv_pool_tensors_are_sized_by_the_pool(ckpt):
     pool = KVCachePool(ModelConfig.from_pretrained(ckpt), 3, 8, torch.bfloat16, torch.device("cpu"))
     assert pool.storage.dtype == torch.bfloat16 and pool.key_caches[0].shape[:2] == (3, 8)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("block_size", 0),
+        ("max_num_batched_tokens", -1),
+        ("max_num_seqs", True),
+        ("num_kv_blocks", 0),
+        ("max_chunk_tokens", 2.5),
+        ("kv_cache_gib", 0),
+        ("kv_cache_memory_fraction", 1.5),
+    ],
+)
+def test_runtime_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        RuntimeConfig(**{field: value})
