@@ -479,7 +479,8 @@ def arrive(s, w, step, requests):
             requests[r.request_id] = s.add_request(r)
         except EngineOverloadedError:
             event("overloaded")
-            assert s.num_waiting == w["config"].max_waiting_requests
+            # preempted requests return to the queue whatever its bound, so it may be over
+            assert s.num_waiting >= w["config"].max_waiting_requests
 
 
 def drive(w):
