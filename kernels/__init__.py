@@ -7,7 +7,6 @@ tolerances are in kernels/README.md.
 """
 
 from .activation import silu_mul
-from .attention import varlen_causal_attention
 from .backend import BACKENDS, BackendUnavailableError
 from .backend import available_backends as _available_backends
 from .fp8 import fp8_gemm, fp8_quantize
@@ -35,5 +34,4 @@ __all__ = [
     "rope",
     "rope_and_cache",
     "silu_mul",
-    "varlen_causal_attention",
 ]
