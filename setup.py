@@ -44,13 +44,17 @@ CXX_FLAGS = [
 ]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+AVX512_FLAGS = [
+    *AVX2_FLAGS,
+    *["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+    # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers
+    "-Wno-maybe-uninitialized",
+]
 # Flags apply to one translation unit each (see csrc/cpu/dtype.h for why that is safe).
 ISA_FLAGS = {
     "csrc/cpu/kernels_avx2.cpp": AVX2_FLAGS,
-    "csrc/cpu/kernels_avx512.cpp": AVX2_FLAGS
-    + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
-    # GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers
-    + ["-Wno-maybe-uninitialized"],
+    "csrc/cpu/kernels_avx512.cpp": AVX512_FLAGS,
+    "csrc/cpu/kernels_avx512_bf16.cpp": AVX512_FLAGS + ["-mavx512bf16"],
 }
 DEFAULT_CUDA_ARCHS = "80;89;90a"
 

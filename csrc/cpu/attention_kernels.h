@@ -56,6 +56,94 @@ inline void row_to_float(const T* src, float* dst, int64_t n, int64_t n_padded) 
   for (i = n; i < n_padded; ++i) dst[i] = 0.0f;
 }
 
+// Per-row state of one unit, shared by every attention kernel: running max and
+// sum, the rescale factor of the last chunk, and each row's absolute position
+// (padded rows get an "infinite" position: never masked, output discarded).
+struct RowState {
+  float* max;
+  float* sum;
+  float* alpha;
+  float* pos;
+};
+
+inline void init_rows(const RowState& r, const AttentionUnit& unit, int64_t group, int64_t rows,
+                      int64_t Mp) {
+  for (int64_t m = 0; m < Mp; ++m) {
+    r.max[m] = kMaskedScore;
+    r.sum[m] = 0.0f;
+    r.pos[m] = m < rows ? float(unit.first_pos + m / group) : 3e38f;
+  }
+}
+
+// Scores St[n][m] of keys c0 + n: mask keys after the row's position and the
+// padding keys n >= nk. Only chunks that reach past the unit's first position
+// can hold a masked key.
+template <class V>
+inline void mask_scores(float* st, const RowState& r, int64_t c0, int64_t nk, int64_t nkp,
+                        int64_t first_pos, int64_t Mp) {
+  using F = typename V::F;
+  if (c0 + nkp - 1 <= first_pos) return;
+  const F masked = V::set1(kMaskedScore);
+  for (int64_t n = 0; n < nkp; ++n) {
+    const F key_pos = V::set1(n < nk ? float(c0 + n) : __builtin_inff());
+    float* s = st + n * Mp;
+    for (int64_t m = 0; m < Mp; m += V::W) {
+      V::store(s + m, V::select_gt(key_pos, V::load(r.pos + m), masked, V::load(s + m)));
+    }
+  }
+}
+
+// Online softmax over one chunk of scores, lane-wise over rows: St becomes
+// P = exp(S - new max); max, sum and alpha = exp(old max - new max) are updated.
+template <class V>
+inline void softmax_chunk(float* st, const RowState& r, int64_t nkp, int64_t Mp) {
+  using F = typename V::F;
+  for (int64_t m = 0; m < Mp; m += V::W) {
+    F mx = V::load(r.max + m);
+    const F old_max = mx;
+    for (int64_t n = 0; n < nkp; ++n) mx = V::max(mx, V::load(st + n * Mp + m));
+    const F scale_old = V::exp(V::sub(old_max, mx));
+    F sum = V::mul(V::load(r.sum + m), scale_old);
+    for (int64_t n = 0; n < nkp; ++n) {
+      const F p = V::exp(V::sub(V::load(st + n * Mp + m), mx));
+      V::store(st + n * Mp + m, p);
+      sum = V::add(sum, p);
+    }
+    V::store(r.max + m, mx);
+    V::store(r.sum + m, sum);
+    V::store(r.alpha + m, scale_old);
+  }
+}
+
+// out[t, h, d] = Ot[d][m] / l[m], rounded once to T.
+template <class T>
+inline void store_output(const AttentionArgs& a, const AttentionUnit& unit, const float* ot,
+                         const RowState& r, int64_t group, int64_t rows, int64_t Mp) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t t = unit.token_begin + m / group;
+    const int64_t h = unit.kv_head * group + m % group;
+    T* o = static_cast<T*>(a.out) + t * a.out_token_stride + h * a.out_head_stride;
+    const float inv = 1.0f / r.sum[m];
+    for (int64_t d = 0; d < a.head_dim; ++d) store_float(o + d, ot[d * Mp + m] * inv);
+  }
+}
+
+// Query q[token, head] of row m of a unit.
+template <class T>
+inline const T* query_row(const AttentionArgs& a, const AttentionUnit& unit, int64_t group,
+                          int64_t m) {
+  const int64_t t = unit.token_begin + m / group;
+  const int64_t h = unit.kv_head * group + m % group;
+  return static_cast<const T*>(a.q) + t * a.q_token_stride + h * a.q_head_stride;
+}
+
+// Element offset of key j of a unit's sequence (and KV head) in the caches.
+inline int64_t kv_offset(const AttentionArgs& a, const int32_t* table, int64_t kv_head,
+                         int64_t j) {
+  const int64_t slot = int64_t(table[j / a.block_size]) * a.block_size + j % a.block_size;
+  return (slot * a.num_kv_heads + kv_head) * a.head_dim;
+}
+
 template <class V, class T>
 void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, int64_t begin,
                            int64_t end) {
@@ -72,10 +160,8 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
   float* st = ot + Dp * Mp;
   float* kf = st + kKeyChunk * Mp;
   float* vf = kf + kKeyChunk * Dp;
-  float* row_max = vf + kKeyChunk * Dp;
-  float* row_sum = row_max + Mp;
-  float* alpha = row_sum + Mp;
-  float* row_pos = alpha + Mp;
+  const RowState rs{vf + kKeyChunk * Dp, vf + kKeyChunk * Dp + Mp, vf + kKeyChunk * Dp + 2 * Mp,
+                    vf + kKeyChunk * Dp + 3 * Mp};
 
   const T* key_cache = static_cast<const T*>(a.key_cache);
   const T* value_cache = static_cast<const T*>(a.value_cache);
@@ -86,32 +172,22 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
     const int64_t rows = tokens * group;
     const int32_t* table = a.block_tables + unit.seq * a.block_table_stride;
 
-    // Pack queries: row m = token * group + head-in-group; padded rows get
-    // zero queries and an "infinite" position (never masked, output discarded).
-    for (int64_t m = 0; m < Mp; ++m) {
-      for (int64_t d = 0; d < Dp; ++d) qt[d * Mp + m] = 0.0f;
-      row_max[m] = kMaskedScore;
-      row_sum[m] = 0.0f;
-      row_pos[m] = 3e38f;
-      if (m >= rows) continue;
-      const int64_t t = unit.token_begin + m / group;
-      const int64_t h = unit.kv_head * group + m % group;
-      const T* q = static_cast<const T*>(a.q) + t * a.q_token_stride + h * a.q_head_stride;
+    // Pack queries, transposed and pre-scaled: row m = token * group + head-in-group;
+    // padded rows get zero queries.
+    init_rows(rs, unit, group, rows, Mp);
+    for (int64_t i = 0; i < Dp * Mp; ++i) qt[i] = ot[i] = 0.0f;
+    for (int64_t m = 0; m < rows; ++m) {
+      const T* q = query_row<T>(a, unit, group, m);
       for (int64_t d = 0; d < D; ++d) qt[d * Mp + m] = to_float(q[d]) * a.scale;
-      row_pos[m] = float(unit.first_pos + (t - unit.token_begin));
     }
-    for (int64_t i = 0; i < Dp * Mp; ++i) ot[i] = 0.0f;
 
     const int64_t num_keys = unit.first_pos + tokens;  // causal limit of the last row
-    const float min_pos = float(unit.first_pos);
     for (int64_t c0 = 0; c0 < num_keys; c0 += kKeyChunk) {
       const int64_t nk = num_keys - c0 < kKeyChunk ? num_keys - c0 : kKeyChunk;
       const int64_t nkp = round_up(nk, NB);
       for (int64_t n = 0; n < nkp; ++n) {
         if (n < nk) {
-          const int64_t j = c0 + n;
-          const int64_t slot = int64_t(table[j / a.block_size]) * a.block_size + j % a.block_size;
-          const int64_t offset = (slot * a.num_kv_heads + unit.kv_head) * D;
+          const int64_t offset = kv_offset(a, table, unit.kv_head, c0 + n);
           row_to_float<V, T>(key_cache + offset, kf + n * Dp, D, Dp);
           row_to_float<V, T>(value_cache + offset, vf + n * Dp, D, Dp);
         } else {
@@ -138,39 +214,13 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
         }
       }
 
-      // Causal mask (key position > row position) and padding keys.
-      const bool needs_mask = float(c0 + nkp - 1) > min_pos;
-      if (needs_mask) {
-        for (int64_t n = 0; n < nkp; ++n) {
-          const float key_pos = n < nk ? float(c0 + n) : __builtin_inff();
-          float* s = st + n * Mp;
-          for (int64_t m = 0; m < Mp; ++m) {
-            if (key_pos > row_pos[m]) s[m] = kMaskedScore;
-          }
-        }
-      }
-
-      // Online softmax, lane-wise over rows.
-      for (int64_t m = 0; m < Mp; m += V::W) {
-        F mx = V::load(row_max + m);
-        const F old_max = mx;
-        for (int64_t n = 0; n < nkp; ++n) mx = V::max(mx, V::load(st + n * Mp + m));
-        const F scale_old = V::exp(V::sub(old_max, mx));
-        F sum = V::mul(V::load(row_sum + m), scale_old);
-        for (int64_t n = 0; n < nkp; ++n) {
-          const F p = V::exp(V::sub(V::load(st + n * Mp + m), mx));
-          V::store(st + n * Mp + m, p);
-          sum = V::add(sum, p);
-        }
-        V::store(row_max + m, mx);
-        V::store(row_sum + m, sum);
-        V::store(alpha + m, scale_old);
-      }
+      mask_scores<V>(st, rs, c0, nk, nkp, unit.first_pos, Mp);
+      softmax_chunk<V>(st, rs, nkp, Mp);
 
       // Ot[d][m] = Ot[d][m] * alpha[m] + sum_n V[n][d] * P[n][m]
       for (int64_t m0 = 0; m0 < Mp; m0 += MB * V::W) {
         F al[MB];
-        for (int j = 0; j < MB; ++j) al[j] = V::load(alpha + m0 + j * V::W);
+        for (int j = 0; j < MB; ++j) al[j] = V::load(rs.alpha + m0 + j * V::W);
         for (int64_t d0 = 0; d0 < Dp; d0 += NB) {
           F acc[NB][MB];
           for (int i = 0; i < NB; ++i)
@@ -189,15 +239,7 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
         }
       }
     }
-
-    // out[t, h, d] = Ot[d][m] / l[m], rounded once.
-    for (int64_t m = 0; m < rows; ++m) {
-      const int64_t t = unit.token_begin + m / group;
-      const int64_t h = unit.kv_head * group + m % group;
-      T* o = static_cast<T*>(a.out) + t * a.out_token_stride + h * a.out_head_stride;
-      const float inv = 1.0f / row_sum[m];
-      for (int64_t d = 0; d < D; ++d) store_float(o + d, ot[d * Mp + m] * inv);
-    }
+    store_output<T>(a, unit, ot, rs, group, rows, Mp);
   }
 }
 

@@ -7,6 +7,8 @@
 namespace reward_engine::cpu {
 namespace {
 
+constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+
 Isa detect() {
 #if !defined(REWARD_ENGINE_SCALAR_ONLY) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
@@ -14,7 +16,7 @@ Isa detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2")) {
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
@@ -33,6 +35,8 @@ Isa best_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16:
+      return "avx512_bf16";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:
@@ -46,16 +50,16 @@ Isa active_isa() {
   const Isa best = best_isa();
   const char* forced = std::getenv("REWARD_ENGINE_CPU_ISA");
   if (forced == nullptr || forced[0] == '\0') return best;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : kAllIsas) {
     if (std::strcmp(forced, isa_name(isa)) == 0) return isa < best ? isa : best;
   }
   throw std::invalid_argument(std::string("REWARD_ENGINE_CPU_ISA='") + forced +
-                              "' is not one of scalar, avx2, avx512");
+                              "' is not one of scalar, avx2, avx512, avx512_bf16");
 }
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : kAllIsas) {
     if (isa <= best_isa()) names.emplace_back(isa_name(isa));
   }
   return names;
@@ -67,6 +71,8 @@ const KernelTable& active_kernels() {
   return scalar_kernels();
 #else
   switch (active_isa()) {
+    case Isa::kAvx512Bf16:
+      return avx512_bf16_kernels();
     case Isa::kAvx512:
       return avx512_kernels();
     case Isa::kAvx2:

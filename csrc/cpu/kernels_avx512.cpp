@@ -1,4 +1,4 @@
-// Instantiates every CPU kernel for one ISA. Compiled with: -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 (see setup.py).
+// Instantiates every CPU kernel for one ISA. Compiled with: -mavx512f -mavx512bw -mavx512vl -mavx512dq (see setup.py).
 // Nothing outside this file calls into it except through the table, and only
 // after isa.cpp has checked at run time that the CPU supports the ISA.
 #include "vec_avx512.h"

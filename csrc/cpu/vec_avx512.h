@@ -25,6 +25,10 @@ struct VecAVX512 {
   static F div(F a, F b) { return _mm512_div_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  // Lane-wise a > b ? t : f
+  static F select_gt(F a, F b, F t, F f) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), f, t);
+  }
   static float sum(F a) { return _mm512_reduce_add_ps(a); }
 
   // Same method and constants as VecAVX2::exp.

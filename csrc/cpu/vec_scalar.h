@@ -22,6 +22,7 @@ struct VecScalar {
   static F div(F a, F b) { return a / b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F max(F a, F b) { return a > b ? a : b; }
+  static F select_gt(F a, F b, F t, F f) { return a > b ? t : f; }
   static float sum(F a) { return a; }
   static F exp(F a) { return expf(a); }
 

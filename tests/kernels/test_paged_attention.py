@@ -19,8 +19,8 @@ from kernels.rope import rope_and_cache_reference
 # than one work unit's token block
 BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (0, 150)]
 # (q heads, kv heads, block size, head_dim): GQA ratios 1/4/8, block sizes 1/5/16,
-# a head_dim (18) that is not a multiple of any vector width
-LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64)]
+# head_dims (18, 17) that are not a multiple of any vector width, one of them odd
+LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64), (6, 2, 4, 17)]
 
 
 def make_batch(seqs, num_q, num_kv, head_dim, block_size, dtype, seed=0):

@@ -1,0 +1,203 @@
+// Paged prefill attention for bf16 tensors on CPUs with AVX512-BF16: the same
+// unit, "rows in lanes" layout and online softmax as attention_kernels.h, with
+// both matrix products on VDPBF16PS, which multiplies pairs of bf16 values and
+// adds both products to an fp32 lane: twice the multiply-adds per instruction
+// of an fp32 FMA, and no conversion of K at all.
+//   QK: lane m of a Q vector holds the pair (Q[m][d], Q[m][d+1]); the pair
+//       (K[n][d], K[n][d+1]) is adjacent in the cache row and is broadcast as
+//       one 32-bit value.
+//   PV: lane m of a P vector holds (P[n][m], P[n+1][m]); V is repacked per
+//       chunk into pairs (V[n][d], V[n+1][d]) to broadcast the same way.
+//
+// Numerics: Q and K are used exactly (bf16 products are exact in fp32, summed
+// in fp32); scores are scaled in fp32 after the dot product; the probabilities
+// are rounded to bf16 for the PV product, as GPU flash attention does, while
+// the softmax denominator sums them in fp32. VDPBF16PS treats bf16 subnormal
+// inputs as zero; the output stays within the bf16 tolerance of the reference.
+//
+// Only included from kernels_avx512_bf16.cpp (compiled with -mavx512bf16).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "attention_kernels.h"
+#include "vec_avx512.h"
+
+namespace reward_engine::cpu {
+namespace {
+
+// Packs 16 rows' probabilities of keys n and n + 1 into bf16 pairs.
+inline __m512i bf16_pairs(__m512 even, __m512 odd) {
+  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
+  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(odd));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+// The first n (clamped to 0..32) of 32 lanes.
+inline __mmask32 lane_mask32(int64_t n) {
+  return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
+}
+
+inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+inline void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* units,
+                                         int64_t begin, int64_t end) {
+  using V = VecAVX512;
+  constexpr int W = 16;
+  constexpr int MB = 4;  // row vectors per register tile
+  constexpr int NB = 4;  // keys (QK) or head dims (PV) per register tile
+  const int64_t D = a.head_dim, group = a.num_q_heads / a.num_kv_heads;
+  const int64_t D2 = (D + 1) / 2;     // dimension pairs
+  const int64_t Dp = round_up(D, NB);  // PV output columns
+  const int64_t Mp = round_up(a.tokens_per_unit * group, int64_t(MB) * W);
+  constexpr int64_t kPairs = kKeyChunk / 2;
+
+  // Scratch, in 32-bit words: Q pairs [D2][Mp], O [Dp][Mp], S [kKeyChunk][Mp],
+  // P pairs [kPairs][Mp], K rows [kKeyChunk][D2], V pairs [kPairs][Dp], row state.
+  float* base = scratch(D2 * Mp + Dp * Mp + kKeyChunk * Mp + kPairs * Mp + kKeyChunk * D2 +
+                        kPairs * Dp + 4 * Mp);
+  uint32_t* qp = reinterpret_cast<uint32_t*>(base);
+  float* ot = base + D2 * Mp;
+  float* st = ot + Dp * Mp;
+  uint32_t* pp = reinterpret_cast<uint32_t*>(st + kKeyChunk * Mp);
+  uint32_t* kp = pp + kPairs * Mp;
+  uint32_t* vp = kp + kKeyChunk * D2;
+  float* state = reinterpret_cast<float*>(vp + kPairs * Dp);
+  const RowState rs{state, state + Mp, state + 2 * Mp, state + 3 * Mp};
+
+  const uint16_t* key_cache = static_cast<const uint16_t*>(a.key_cache);
+  const uint16_t* value_cache = static_cast<const uint16_t*>(a.value_cache);
+  const __m512 scale = _mm512_set1_ps(a.scale);
+
+  for (int64_t u = begin; u < end; ++u) {
+    const AttentionUnit& unit = units[u];
+    const int64_t tokens = unit.token_end - unit.token_begin;
+    const int64_t rows = tokens * group;
+    const int32_t* table = a.block_tables + unit.seq * a.block_table_stride;
+
+    init_rows(rs, unit, group, rows, Mp);
+    for (int64_t i = 0; i < Dp * Mp; ++i) ot[i] = 0.0f;
+    // Q pairs are adjacent in the query row: copy them as 32-bit words.
+    for (int64_t m = 0; m < Mp; ++m) {
+      const uint16_t* q = m < rows ? &query_row<bf16>(a, unit, group, m)->bits : nullptr;
+      for (int64_t d2 = 0; d2 < D / 2; ++d2) {
+        uint32_t pair = 0;
+        if (q) __builtin_memcpy(&pair, q + 2 * d2, sizeof(pair));
+        qp[d2 * Mp + m] = pair;
+      }
+      if (D % 2) qp[(D2 - 1) * Mp + m] = q ? q[D - 1] : 0;
+    }
+
+    const int64_t num_keys = unit.first_pos + tokens;
+    for (int64_t c0 = 0; c0 < num_keys; c0 += kKeyChunk) {
+      const int64_t nk = num_keys - c0 < kKeyChunk ? num_keys - c0 : kKeyChunk;
+      const int64_t nkp = round_up(nk, NB);
+
+      // K rows as dimension pairs (an odd head_dim gets a zero partner); V rows
+      // interleaved two keys at a time. Padding keys are zero.
+      for (int64_t n = 0; n < nkp; n += 2) {
+        const uint16_t* k_row[2] = {nullptr, nullptr};
+        const uint16_t* v_row[2] = {nullptr, nullptr};
+        for (int i = 0; i < 2; ++i) {
+          if (n + i < nk) {
+            const int64_t offset = kv_offset(a, table, unit.kv_head, c0 + n + i);
+            k_row[i] = key_cache + offset;
+            v_row[i] = value_cache + offset;
+          }
+          // The rows of the next chunk: block-table indirection hides them from
+          // the hardware prefetcher, and this chunk's products cover the latency.
+          const int64_t ahead = c0 + kKeyChunk + n + i;
+          if (ahead < num_keys) {
+            const int64_t offset = kv_offset(a, table, unit.kv_head, ahead);
+            for (int64_t d = 0; d < D; d += 32) {
+              _mm_prefetch(reinterpret_cast<const char*>(key_cache + offset + d), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(value_cache + offset + d), _MM_HINT_T0);
+            }
+          }
+        }
+        for (int i = 0; i < 2; ++i) {
+          uint16_t* dst = reinterpret_cast<uint16_t*>(kp + (n + i) * D2);
+          for (int64_t d = 0; d < 2 * D2; d += 32) {
+            const __mmask32 valid = lane_mask32(D - d), out = lane_mask32(2 * D2 - d);
+            const __m512i k = k_row[i] ? _mm512_maskz_loadu_epi16(valid, k_row[i] + d)
+                                       : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi16(dst + d, out, k);
+          }
+        }
+        uint32_t* dst = vp + (n / 2) * Dp;
+        int64_t d = 0;
+        for (; d + W <= D && v_row[1]; d += W) {
+          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v_row[0] + d)));
+          const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v_row[1] + d)));
+          _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+        for (; d < Dp; ++d) {
+          const uint32_t lo = v_row[0] && d < D ? v_row[0][d] : 0;
+          const uint32_t hi = v_row[1] && d < D ? v_row[1][d] : 0;
+          dst[d] = lo | (hi << 16);
+        }
+      }
+
+      // St[n][m] = scale * sum_d K[n][d] * Q[m][d], two dimensions per instruction.
+      for (int64_t m0 = 0; m0 < Mp; m0 += MB * W) {
+        for (int64_t n0 = 0; n0 < nkp; n0 += NB) {
+          __m512 acc[NB][MB];
+          for (int i = 0; i < NB; ++i)
+            for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+          for (int64_t d2 = 0; d2 < D2; ++d2) {
+            __m512i qv[MB];
+            for (int j = 0; j < MB; ++j)
+              qv[j] = _mm512_loadu_si512(qp + d2 * Mp + m0 + j * W);
+            for (int i = 0; i < NB; ++i) {
+              const __m512i kb = _mm512_set1_epi32(int(kp[(n0 + i) * D2 + d2]));
+              for (int j = 0; j < MB; ++j) acc[i][j] = dot_pairs(acc[i][j], kb, qv[j]);
+            }
+          }
+          for (int i = 0; i < NB; ++i)
+            for (int j = 0; j < MB; ++j)
+              _mm512_storeu_ps(st + (n0 + i) * Mp + m0 + j * W, _mm512_mul_ps(acc[i][j], scale));
+        }
+      }
+
+      mask_scores<V>(st, rs, c0, nk, nkp, unit.first_pos, Mp);
+      softmax_chunk<V>(st, rs, nkp, Mp);
+      for (int64_t n = 0; n < nkp; n += 2) {
+        for (int64_t m = 0; m < Mp; m += W) {
+          _mm512_storeu_si512(pp + (n / 2) * Mp + m, bf16_pairs(_mm512_loadu_ps(st + n * Mp + m),
+                                                                _mm512_loadu_ps(st + (n + 1) * Mp + m)));
+        }
+      }
+
+      // Ot[d][m] = Ot[d][m] * alpha[m] + sum_n V[n][d] * P[n][m], two keys per instruction.
+      for (int64_t m0 = 0; m0 < Mp; m0 += MB * W) {
+        __m512 al[MB];
+        for (int j = 0; j < MB; ++j) al[j] = _mm512_loadu_ps(rs.alpha + m0 + j * W);
+        for (int64_t d0 = 0; d0 < Dp; d0 += NB) {
+          __m512 acc[NB][MB];
+          for (int i = 0; i < NB; ++i)
+            for (int j = 0; j < MB; ++j)
+              acc[i][j] = _mm512_mul_ps(_mm512_loadu_ps(ot + (d0 + i) * Mp + m0 + j * W), al[j]);
+          for (int64_t n2 = 0; n2 < nkp / 2; ++n2) {
+            __m512i pv[MB];
+            for (int j = 0; j < MB; ++j) pv[j] = _mm512_loadu_si512(pp + n2 * Mp + m0 + j * W);
+            for (int i = 0; i < NB; ++i) {
+              const __m512i vb = _mm512_set1_epi32(int(vp[n2 * Dp + d0 + i]));
+              for (int j = 0; j < MB; ++j) acc[i][j] = dot_pairs(acc[i][j], vb, pv[j]);
+            }
+          }
+          for (int i = 0; i < NB; ++i)
+            for (int j = 0; j < MB; ++j)
+              _mm512_storeu_ps(ot + (d0 + i) * Mp + m0 + j * W, acc[i][j]);
+        }
+      }
+    }
+    store_output<bf16>(a, unit, ot, rs, group, rows, Mp);
+  }
+}
+
+}  // namespace
+}  // namespace reward_engine::cpu
