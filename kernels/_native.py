@@ -9,6 +9,7 @@ The modules take raw pointers, element strides, and a dtype code, never tensors.
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import torch
@@ -31,9 +32,25 @@ def _load(name: str) -> ModuleType | None:
     return _modules[name]
 
 
+# "pool" keeps the C++ kernels on their own thread pool instead of torch's OpenMP team.
+THREADING_ENV = "REWARD_ENGINE_CPU_THREADING"
+
+
 def cpu_module() -> ModuleType | None:
-    """kernels._C, or None when it is not built (see import_error("_C"))."""
-    return _load("_C")
+    """kernels._C, or None when it is not built (see import_error("_C")).
+
+    On first load its parallel loops move onto torch's OpenMP team (see
+    csrc/cpu/thread_pool.h), unless REWARD_ENGINE_CPU_THREADING=pool.
+    """
+    first = "_C" not in _modules
+    module = _load("_C")
+    if first and module is not None:
+        choice = os.environ.get(THREADING_ENV, "openmp")
+        if choice not in ("openmp", "pool"):
+            raise ValueError(f"{THREADING_ENV}={choice!r}: expected 'openmp' or 'pool'")
+        if choice == "openmp":
+            module.use_process_openmp()
+    return module
 
 
 def cuda_module() -> ModuleType | None:

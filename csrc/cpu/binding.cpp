@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "isa.h"
+#include "thread_pool.h"
 #include "ops.h"
 
 namespace py = pybind11;
@@ -67,6 +68,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("rows"), py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"),
         py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
 
+  m.def("use_process_openmp", &cpu::use_process_openmp,
+        "Run parallel loops on the OpenMP runtime already loaded (torch's); returns its path "
+        "or '' when none is loaded");
+  m.def("use_thread_pool", &cpu::use_thread_pool, "Run parallel loops on the own thread pool");
+  m.def("threading_runtime", &cpu::threading_runtime);
   m.def("best_isa", [] { return cpu::isa_name(cpu::best_isa()); });
   m.def("active_isa", [] { return cpu::isa_name(cpu::active_isa()); });
   m.def("supported_isas", &cpu::supported_isas);

@@ -1,11 +1,14 @@
 #include "thread_pool.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -22,9 +25,8 @@ constexpr int kChunksPerThread = 4;
 thread_local bool t_inside_pool = false;
 
 // One parallel_for call. Threads claim chunks with an atomic counter, so the
-// caller never waits for a worker that has not started: torch's OpenMP threads
-// may still be spinning on the other cores right after a torch op, and a worker
-// that cannot get a core simply finds no chunk left when it wakes.
+// caller never waits for a worker that has not started: a worker that cannot
+// get a core simply finds no chunk left when it wakes.
 struct Job {
   const RangeFn* fn;
   int64_t n;
@@ -132,7 +134,66 @@ ThreadPool& pool() {
   return *g_pool;
 }
 
+// The GNU OpenMP ABI entry points parallel_for needs. GOMP_parallel runs
+// fn(data) on num_threads threads (the caller included) and returns when all
+// are done.
+struct OpenMPRuntime {
+  void (*parallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+  int (*in_parallel)();
+  std::string path;
+};
+
+std::atomic<const OpenMPRuntime*> g_openmp{nullptr};
+
+void run_job_on_team(void* data) {
+  const bool was_inside = t_inside_pool;
+  t_inside_pool = true;  // a nested parallel_for runs inline
+  static_cast<Job*>(data)->run_chunks();
+  t_inside_pool = was_inside;
+}
+
+bool is_openmp_runtime(const char* path) {
+  const char* base = std::strrchr(path, '/');
+  base = base ? base + 1 : path;
+  return std::strncmp(base, "libgomp", 7) == 0 || std::strncmp(base, "libiomp5", 8) == 0 ||
+         std::strncmp(base, "libomp", 6) == 0;
+}
+
 }  // namespace
+
+std::string use_process_openmp() {
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name && is_openmp_runtime(info->dlpi_name)) {
+          *static_cast<std::string*>(out) = info->dlpi_name;
+          return 1;
+        }
+        return 0;
+      },
+      &found);
+  if (found.empty()) return "";
+  // RTLD_NOLOAD: only a runtime that is already there (torch's), never a new one.
+  void* handle = dlopen(found.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return "";
+  auto* runtime = new OpenMPRuntime{
+      reinterpret_cast<decltype(OpenMPRuntime::parallel)>(dlsym(handle, "GOMP_parallel")),
+      reinterpret_cast<decltype(OpenMPRuntime::in_parallel)>(dlsym(handle, "omp_in_parallel")),
+      found};
+  if (runtime->parallel == nullptr || runtime->in_parallel == nullptr) {
+    delete runtime;
+    return "";
+  }
+  g_openmp.store(runtime);  // never freed: a loop may still be reading the old one
+  return found;
+}
+
+void use_thread_pool() { g_openmp.store(nullptr); }
+
+std::string threading_runtime() {
+  const OpenMPRuntime* omp = g_openmp.load();
+  return omp ? "openmp " + omp->path : "pool";
+}
 
 int threads_for(int64_t bytes, int64_t rows, int max_threads) {
   int64_t n = std::min<int64_t>({int64_t(max_threads), rows, bytes / kMinBytesPerThread});
@@ -144,7 +205,18 @@ void parallel_for(int64_t n, int num_threads, const RangeFn& fn, int64_t max_chu
   const int threads = int(std::min<int64_t>(std::max(num_threads, 1), n));
   if (max_chunks <= 0) max_chunks = int64_t(threads) * kChunksPerThread;
   const int64_t chunks = std::max<int64_t>(threads, std::min(n, max_chunks));
-  if (threads == 1 || t_inside_pool || !pool().try_run(n, threads, chunks, fn)) fn(0, n);
+  if (threads == 1 || t_inside_pool) return fn(0, n);
+  const OpenMPRuntime* omp = g_openmp.load();
+  if (omp != nullptr && !omp->in_parallel()) {
+    Job job;
+    job.fn = &fn;
+    job.n = n;
+    job.num_chunks = chunks;
+    omp->parallel(&run_job_on_team, &job, unsigned(threads), 0);
+    if (job.error) std::rethrow_exception(job.error);
+    return;
+  }
+  if (!pool().try_run(n, threads, chunks, fn)) fn(0, n);
 }
 
 }  // namespace reward_engine::cpu

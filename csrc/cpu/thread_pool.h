@@ -1,13 +1,19 @@
-// A small persistent thread pool for the CPU kernels.
+// Parallel loops for the CPU kernels.
 //
 // The extension does not link OpenMP: torch's CPU wheel ships its own libgomp,
-// and a second OpenMP runtime in the process oversubscribes the cores. Instead
-// the Python wrapper passes torch.get_num_threads() with every call and the
-// pool runs at most that many threads (the calling thread included).
+// and a second OpenMP runtime in the process oversubscribes the cores. Two ways
+// to run a loop, both capped by the thread count the Python wrapper passes with
+// every call (torch.get_num_threads()):
+//  - torch's own OpenMP team, found at run time among the libraries already
+//    loaded (use_process_openmp). This is the default from Python: the threads
+//    that just ran a torch matmul are still spinning, waiting for work, and on a
+//    small machine they would otherwise steal the cores from a second pool.
+//  - a small persistent std::thread pool, when no OpenMP runtime is loaded.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace reward_engine::cpu {
 
@@ -26,5 +32,17 @@ void parallel_for(int64_t n, int num_threads, const RangeFn& fn, int64_t max_chu
 // rows: one per kMinBytesPerThread, at most max_threads and at most rows.
 // Below that size waking a thread costs more than it saves.
 int threads_for(int64_t bytes, int64_t rows, int max_threads);
+
+// Looks for an OpenMP runtime already loaded in the process (libgomp, libiomp5
+// or libomp, all of which export the GOMP entry points) and runs parallel_for
+// on it from now on. Returns its path, or "" (and keeps the pool) if none is
+// loaded.
+std::string use_process_openmp();
+
+// Runs parallel_for on the own thread pool from now on.
+void use_thread_pool();
+
+// "openmp <path>" or "pool".
+std::string threading_runtime();
 
 }  // namespace reward_engine::cpu
