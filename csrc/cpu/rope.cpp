@@ -22,6 +22,32 @@ void check_positions(const Index* positions, int64_t num_tokens, int64_t max_pos
   }
 }
 
+// Checks every argument (positions included, before anything is written, so a
+// bad call leaves q and k untouched) and returns the kernel's arguments.
+RopeArgs checked_rope_args(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
+                           int64_t num_q_heads, uintptr_t k, int64_t k_token_stride,
+                           int64_t k_head_stride, int64_t num_kv_heads, uintptr_t positions,
+                           bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
+                           int64_t num_tokens, int64_t head_dim, int dtype, const char* op) {
+  check_dtype(dtype, op);
+  check(head_dim > 0 && head_dim % 2 == 0, std::string(op) + ": head_dim must be even and > 0");
+  check(num_tokens >= 0 && num_q_heads >= 0 && num_kv_heads >= 0,
+        std::string(op) + ": negative size");
+  if (num_tokens > 0) {
+    check(q != 0 && k != 0 && positions != 0 && cos_sin_cache != 0,
+          std::string(op) + ": null pointer");
+    if (positions_int64) {
+      check_positions(reinterpret_cast<const int64_t*>(positions), num_tokens, max_position);
+    } else {
+      check_positions(reinterpret_cast<const int32_t*>(positions), num_tokens, max_position);
+    }
+  }
+  return RopeArgs{reinterpret_cast<void*>(q), q_token_stride, q_head_stride, num_q_heads,
+                  reinterpret_cast<void*>(k), k_token_stride, k_head_stride, num_kv_heads,
+                  reinterpret_cast<const void*>(positions), positions_int64,
+                  reinterpret_cast<const float*>(cos_sin_cache), head_dim};
+}
+
 }  // namespace
 
 void rope(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride, int64_t num_q_heads,
@@ -29,22 +55,11 @@ void rope(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride, int64_t nu
           uintptr_t positions, bool positions_int64, uintptr_t cos_sin_cache,
           int64_t max_position, int64_t num_tokens, int64_t head_dim, int dtype,
           int num_threads) {
-  check_dtype(dtype, "rope");
-  check(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even and > 0");
-  check(num_tokens >= 0 && num_q_heads >= 0 && num_kv_heads >= 0, "rope: negative size");
+  const RopeArgs args = checked_rope_args(q, q_token_stride, q_head_stride, num_q_heads, k,
+                                          k_token_stride, k_head_stride, num_kv_heads, positions,
+                                          positions_int64, cos_sin_cache, max_position,
+                                          num_tokens, head_dim, dtype, "rope");
   if (num_tokens == 0) return;
-  check(q != 0 && k != 0 && positions != 0 && cos_sin_cache != 0, "rope: null pointer");
-  // Every position is checked before anything is written, so a bad call
-  // leaves q and k untouched.
-  if (positions_int64) {
-    check_positions(reinterpret_cast<const int64_t*>(positions), num_tokens, max_position);
-  } else {
-    check_positions(reinterpret_cast<const int32_t*>(positions), num_tokens, max_position);
-  }
-  RopeArgs args{reinterpret_cast<void*>(q), q_token_stride, q_head_stride, num_q_heads,
-                reinterpret_cast<void*>(k), k_token_stride, k_head_stride, num_kv_heads,
-                reinterpret_cast<const void*>(positions), positions_int64,
-                reinterpret_cast<const float*>(cos_sin_cache), head_dim};
   RopeRowsFn fn = active_kernels().rope[dtype];
   const int64_t bytes = num_tokens * (num_q_heads + num_kv_heads) * head_dim * element_size(dtype) * 2;
   parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads),
@@ -63,7 +78,10 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
                     uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
                     int64_t head_dim, int dtype, int num_threads) {
-  check_dtype(dtype, "rope_and_cache");
+  const RopeArgs args = checked_rope_args(q, q_token_stride, q_head_stride, num_q_heads, k,
+                                          k_token_stride, k_head_stride, num_kv_heads, positions,
+                                          positions_int64, cos_sin_cache, max_position,
+                                          num_tokens, head_dim, dtype, "rope_and_cache");
   if (num_tokens <= 0) return;
   check(v != 0 && key_cache != 0 && value_cache != 0 && slot_mapping != 0,
         "rope_and_cache: null pointer");
@@ -78,29 +96,32 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                               std::to_string(num_slots) + " slots");
     }
   }
-  // Positions are checked by rope() before it writes; the cache writes come after.
-  rope(q, q_token_stride, q_head_stride, num_q_heads, k, k_token_stride, k_head_stride,
-       num_kv_heads, positions, positions_int64, cos_sin_cache, max_position, num_tokens,
-       head_dim, dtype, num_threads);
-  const int64_t row_bytes = head_dim * element_size(dtype);
+  const int64_t elem = element_size(dtype);
+  const int64_t row_bytes = head_dim * elem;
   const int64_t slot_elems = num_kv_heads * head_dim;
-  auto copy_rows = [&](int64_t begin, int64_t end) {
+  RopeRowsFn rope_fn = active_kernels().rope[dtype];
+  // One pass: each chunk of tokens is rotated, then its k and v rows are copied
+  // into the cache while they are still in this core's cache.
+  auto rotate_and_store = [&](int64_t begin, int64_t end) {
+    rope_fn(args, begin, end);
     auto* kc = reinterpret_cast<char*>(key_cache);
     auto* vc = reinterpret_cast<char*>(value_cache);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t slot = slot_of(t);
       if (slot < 0) continue;
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        const int64_t dst = (slot * slot_elems + h * head_dim) * element_size(dtype);
-        const int64_t ks = (t * k_token_stride + h * k_head_stride) * element_size(dtype);
-        const int64_t vs = (t * v_token_stride + h * v_head_stride) * element_size(dtype);
+        const int64_t dst = (slot * slot_elems + h * head_dim) * elem;
+        const int64_t ks = (t * k_token_stride + h * k_head_stride) * elem;
+        const int64_t vs = (t * v_token_stride + h * v_head_stride) * elem;
         std::memcpy(kc + dst, reinterpret_cast<const char*>(k) + ks, size_t(row_bytes));
         std::memcpy(vc + dst, reinterpret_cast<const char*>(v) + vs, size_t(row_bytes));
       }
     }
   };
-  const int64_t bytes = num_tokens * slot_elems * element_size(dtype) * 4;
-  parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads), copy_rows);
+  constexpr int64_t kTokensPerChunk = 32;  // q, k, v rows of a chunk stay in L2
+  const int64_t bytes = num_tokens * (num_q_heads + 3 * num_kv_heads) * row_bytes * 2;
+  parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads), rotate_and_store,
+               (num_tokens + kTokensPerChunk - 1) / kTokensPerChunk);
 }
 
 }  // namespace reward_engine::cpu
