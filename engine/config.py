@@ -8,6 +8,7 @@ the Llama-3.1 releases) and `rope_parameters` (transformers 5).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +181,12 @@ class RuntimeConfig:
     max_waiting_requests: int = 4096  # beyond: EngineOverloadedError
     max_chunk_tokens: int | None = None  # largest chunk of one request per step
     enable_prefix_caching: bool = True
+    # Zero the pool at startup: claims its memory up front and, on CPU, faults its
+    # pages in then, not in the first steps that write each block (about 0.25 s
+    # per GiB on a 2-core host). Default: on, unless REWARD_ENGINE_KV_CACHE_PRETOUCH=0.
+    kv_cache_pretouch: bool = field(
+        default_factory=lambda: os.environ.get("REWARD_ENGINE_KV_CACHE_PRETOUCH", "1") != "0"
+    )
 
     def __post_init__(self):
         required = ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_waiting_requests")

