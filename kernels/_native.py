@@ -42,14 +42,14 @@ def cpu_module() -> ModuleType | None:
     On first load its parallel loops move onto torch's OpenMP team (see
     csrc/cpu/thread_pool.h), unless REWARD_ENGINE_CPU_THREADING=pool.
     """
-    first = "_C" not in _modules
+    if "_C" in _modules:
+        return _modules["_C"]
+    choice = os.environ.get(THREADING_ENV, "openmp")
+    if choice not in ("openmp", "pool"):
+        raise ValueError(f"{THREADING_ENV}={choice!r}: expected 'openmp' or 'pool'")
     module = _load("_C")
-    if first and module is not None:
-        choice = os.environ.get(THREADING_ENV, "openmp")
-        if choice not in ("openmp", "pool"):
-            raise ValueError(f"{THREADING_ENV}={choice!r}: expected 'openmp' or 'pool'")
-        if choice == "openmp":
-            module.use_process_openmp()
+    if module is not None and choice == "openmp":
+        module.use_process_openmp()
     return module
 
 
