@@ -4,10 +4,11 @@ Rules (also in kernels/README.md):
 1. A backend named by the `backend=` argument wins, then the environment variable
    REWARD_ENGINE_KERNEL_BACKEND; a forced backend that cannot run the op on the
    given device raises BackendUnavailableError saying what to do.
-2. Otherwise CPU tensors use `cpu` (kernels._C) and CUDA tensors use `cuda`
-   (kernels._C_cuda) when the module is built and has the op, else `triton` (kernels/
-   triton, when triton is installed); anything else uses `reference`, and the fallback
-   is logged at DEBUG with its reason. `triton` on CPU tensors runs Triton's interpreter
+2. Otherwise CPU tensors use `cpu` (kernels._C) and CUDA tensors use the op's GPU
+   order: `cuda` (kernels._C_cuda, when built and holding the op), then `triton`
+   (kernels/triton, when triton is installed), unless the op names another order
+   (`gpu_order`, with its reason in kernels/README.md); anything else uses
+   `reference`, and the fallback is logged at DEBUG with its reason. `triton` on CPU tensors runs Triton's interpreter
    and is only ever chosen by forcing it with TRITON_INTERPRET=1 set (tests).
 3. The first time an (op, device type) pair picks a backend, an INFO line says which.
 """
@@ -28,6 +29,7 @@ logger = logging.getLogger("kernels")
 
 ENV_VAR = "REWARD_ENGINE_KERNEL_BACKEND"
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+GPU_ORDER = ("cuda", "triton")  # the default order on CUDA tensors
 _BUILD_HINT = (
     "build the extension with `pip install --no-build-isolation -e .` "
     "(or `python setup.py build_ext --inplace`) from the repository root"
@@ -43,15 +45,25 @@ class Op:
 
     `native` is the symbol the compiled modules export for this op; the `cpu` and
     `cuda` implementations count as available only when that symbol exists.
+    `gpu_order` is the order in which CUDA tensors try the GPU backends.
     """
 
-    def __init__(self, name: str, impls: dict[str, Callable], native: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        impls: dict[str, Callable],
+        native: str | None = None,
+        gpu_order: tuple[str, ...] = GPU_ORDER,
+    ):
         unknown = set(impls) - set(BACKENDS)
         if unknown or "reference" not in impls:
             raise ValueError(f"{name}: impls must include 'reference' and only {BACKENDS}")
+        if sorted(gpu_order) != sorted(GPU_ORDER):
+            raise ValueError(f"{name}: gpu_order must order {GPU_ORDER}, got {gpu_order}")
         self.name = name
         self.impls = impls
         self.native = native or name
+        self.gpu_order = tuple(gpu_order)
         self._announced: set[tuple[str, str]] = set()
 
     def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
@@ -92,7 +104,7 @@ class Op:
             chosen = forced
         else:
             chosen = "reference"
-            candidates = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}.get(device.type, [])
+            candidates = {"cpu": ("cpu",), "cuda": self.gpu_order}.get(device.type, ())
             for candidate in candidates:
                 reason = self.unavailable_reason(candidate, device)
                 if reason is None:

@@ -82,6 +82,10 @@ PAGED_PREFILL_ATTENTION = Op(
         "cuda": paged_prefill_attention_cuda,
         "triton": triton_impl("paged_attention", "paged_prefill_attention_triton"),
     },
+    # The Triton kernel runs both products on tensor cores (wgmma on sm_90, checked by
+    # tests/kernels/test_triton_compile.py); the CUDA kernel is scalar FFMA (its SASS has
+    # no HMMA/HGMMA). Until bench/gpu_check.sh has timed both, Triton goes first.
+    gpu_order=("triton", "cuda"),
 )
 
 

@@ -63,3 +63,27 @@ def make_tiny_checkpoint(tmp_path_factory):
 def tiny_checkpoint(make_tiny_checkpoint):
     """A tiny LlamaForSequenceClassification checkpoint with the real Llama-3 tokenizer."""
     return make_tiny_checkpoint()
+
+
+_NEEDS_GPU = ("gpu", "cuda")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that skips for want of a GPU must carry the `gpu` marker: that marker
+    is how bench/gpu_check.sh (pytest -m gpu) finds the tests to run on a GPU machine,
+    and an unmarked one would silently never run anywhere."""
+    unmarked = []
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            continue
+        for mark in item.iter_markers("skipif"):
+            reason = str(mark.kwargs.get("reason", "")).lower()
+            condition = mark.args[0] if mark.args else mark.kwargs.get("condition", False)
+            if condition is True and any(word in reason for word in _NEEDS_GPU):
+                unmarked.append(item.nodeid)
+                break
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests skip without a GPU but are not marked `gpu`, so bench/gpu_check.sh "
+            "would never run them; add pytest.mark.gpu: " + ", ".join(unmarked[:10])
+        )

@@ -25,7 +25,11 @@ def _skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+# marked `gpu` so that bench/gpu_check.sh (pytest -m gpu) runs them
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
+]
 DEV = "cuda"
 
 

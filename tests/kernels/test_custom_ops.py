@@ -16,7 +16,9 @@ pytestmark = pytest.mark.usefixtures("cpu_module")
 _HAS_CUDA = torch.cuda.is_available() and _native.cuda_module() is not None
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not _HAS_CUDA, reason="needs a GPU")),
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not _HAS_CUDA, reason="needs a GPU")]
+    ),
 ]
 
 

@@ -4,15 +4,18 @@ clear errors for unavailable backends, logged fallbacks, and the ISA override.""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import kernels
 from kernels import _native
+from kernels import backend as dispatch
 from kernels.activation import SILU_MUL, silu_mul_cpu, silu_mul_reference
 from kernels.backend import ENV_VAR, BackendUnavailableError, Op
 from kernels.norm import RMS_NORM, rms_norm_cpu, rms_norm_reference
+from kernels.paged_attention import PAGED_PREFILL_ATTENTION
 
 CPU = torch.device("cpu")
 
@@ -99,3 +102,32 @@ def test_isa_environment_variable(cpu_module, monkeypatch):
     monkeypatch.setenv("REWARD_ENGINE_CPU_ISA", "sse9")
     with pytest.raises(ValueError, match="REWARD_ENGINE_CPU_ISA='sse9'"):
         kernels.silu_mul(torch.ones(2, 4), backend="cpu")
+
+
+@pytest.fixture
+def both_gpu_backends_usable(monkeypatch):
+    """Pretend kernels._C_cuda holds every op and compiled Triton can run."""
+    monkeypatch.setattr(_native, "cuda_module", lambda: SimpleNamespace(op=None))
+    monkeypatch.setattr(dispatch, "_triton_unavailable_reason", lambda device: None)
+
+
+def test_cuda_tensors_try_the_ops_gpu_order(both_gpu_backends_usable, monkeypatch):
+    cuda = torch.device("cuda")
+    impls = {b: (lambda b=b: b) for b in dispatch.BACKENDS}
+    assert Op("op", impls).select(cuda)() == "cuda"  # the default order: cuda, triton
+    flipped = Op("op", impls, gpu_order=("triton", "cuda"))
+    assert flipped.select(cuda)() == "triton"
+    monkeypatch.setattr(dispatch, "_triton_unavailable_reason", lambda device: "not here")
+    assert flipped.select(cuda)() == "cuda"  # the next one when the first cannot run
+    monkeypatch.setattr(dispatch, "_triton_unavailable_reason", lambda device: None)
+    assert Op("op", impls).select(cuda, "triton")() == "triton"  # forcing wins over the order
+
+
+def test_attention_prefers_the_tensor_core_triton_kernel_on_gpus():
+    assert PAGED_PREFILL_ATTENTION.gpu_order == ("triton", "cuda")
+    assert RMS_NORM.gpu_order == ("cuda", "triton")
+
+
+def test_a_gpu_order_must_name_both_gpu_backends():
+    with pytest.raises(ValueError, match="gpu_order must order"):
+        Op("op", {"reference": silu_mul_reference}, gpu_order=("cuda",))

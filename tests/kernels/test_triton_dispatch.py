@@ -11,7 +11,7 @@ import torch
 from triton_testing import HAS_TRITON, requires_triton
 
 import kernels
-from kernels import backend
+from kernels import _native, backend
 from kernels.activation import SILU_MUL
 from kernels.backend import ENV_VAR, BackendUnavailableError
 from kernels.norm import FUSED_ADD_RMS_NORM, RMS_NORM
@@ -86,8 +86,11 @@ def test_forcing_triton_without_triton_installed_says_so(without_triton):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a GPU")
-def test_cuda_tensors_use_cuda_or_else_triton():
+def test_cuda_tensors_follow_each_ops_gpu_order():
     cuda = torch.device("cuda")
-    chosen = PAGED_PREFILL_ATTENTION.select(cuda)
-    assert chosen is PAGED_PREFILL_ATTENTION.impls["triton"]  # no cuda attention kernel
+    # attention: the tensor-core Triton kernel first (kernels/README.md, "Dispatch")
+    assert PAGED_PREFILL_ATTENTION.select(cuda) is PAGED_PREFILL_ATTENTION.impls["triton"]
+    # the other ops: cuda when kernels._C_cuda is built, else triton
+    first = "cuda" if _native.cuda_module() is not None else "triton"
+    assert RMS_NORM.select(cuda) is RMS_NORM.impls[first]
     assert backend.available_backends(RMS_NORM, cuda)[-1] == "triton"
