@@ -96,7 +96,13 @@ LOGDIR="$RESULTS/gpu_check_logs_${STAMP}"
 STEPS=(build tests bench)
 declare -A CMD TIMEOUT STATUS SECONDS_TAKEN
 CMD[build]="env REWARD_ENGINE_CUDA_ARCHS='$ARCH' CUDA_HOME='$NVCC_HOME' $PYTHON setup.py build_ext --inplace"
-CMD[tests]="env -u TRITON_INTERPRET $PYTHON -m pytest -q -m gpu -p no:cacheprovider tests/kernels"
+# The GPU tests spend most of their time compiling Triton kernels, one specialization at
+# a time: with pytest-xdist there (the CUDA image has it), 8 workers compile in parallel.
+XDIST=""
+if [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import xdist" >/dev/null 2>&1; then
+  XDIST="-n $(( $(nproc) < 8 ? $(nproc) : 8 ))"
+fi
+CMD[tests]="env -u TRITON_INTERPRET $PYTHON -m pytest -q -m gpu -p no:cacheprovider $XDIST tests/kernels"
 CMD[bench]="env -u TRITON_INTERPRET $PYTHON bench/kernels.py --device cuda --out $BENCH_OUT"
 TIMEOUT[build]=$BUILD_TIMEOUT
 TIMEOUT[tests]=$TEST_TIMEOUT

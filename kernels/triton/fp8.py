@@ -13,11 +13,16 @@ fp8_gemm
 1. tiles of a [M, K] and b [N, K] (both K-major, as FP8 tensor cores want them) are
    multiplied by tl.dot with fp32 accumulation;
 2. y = acc * (a_scale[m] * b_scale[n]) + bias[n] in fp32, rounded once to out_dtype.
-The GEMM's tile shape is chosen by @triton.autotune per (M, N, K). Triton's interpreter
-rounds FP8 unreliably, so these kernels are tested on GPUs only.
+The GEMM's tile shape is chosen by @triton.autotune per (M, N, K) among GEMM_CONFIGS;
+REWARD_ENGINE_TRITON_GEMM_CONFIG=i pins GEMM_CONFIGS[i] instead (no tuning: for tests,
+which would otherwise compile every config for every shape, and for deployments that
+want no tuning pass at startup). Triton's interpreter rounds FP8 unreliably, so these
+kernels are tested on GPUs only.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -75,19 +80,31 @@ def _quantize_kernel(out_ptr, x_ptr, scale_ptr, cols, out_stride, x_stride,
     tl.store(out_ptr + row * out_stride + offs, q.to(tl.float8e4nv), mask=mask)
 
 
-def _gemm_configs():
-    configs = []
+GEMM_CONFIG_ENV = "REWARD_ENGINE_TRITON_GEMM_CONFIG"
+GEMM_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                  num_stages=stages, num_warps=warps)
     for bm, bn, bk, stages, warps in [
         (128, 256, 128, 3, 8), (256, 128, 128, 3, 8), (128, 128, 128, 4, 8),
         (128, 128, 128, 3, 4), (128, 64, 128, 4, 4), (64, 128, 128, 4, 4),
         (64, 64, 128, 4, 4), (128, 256, 64, 4, 8),
-    ]:  # fmt: skip
-        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
-        configs.append(triton.Config(meta, num_stages=stages, num_warps=warps))
-    return configs
+    ]
+]  # fmt: skip
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M", "N", "K"])
+def pinned_gemm_config() -> triton.Config | None:
+    """GEMM_CONFIGS[i] when REWARD_ENGINE_TRITON_GEMM_CONFIG=i is set, else None (tune)."""
+    value = os.environ.get(GEMM_CONFIG_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) >= len(GEMM_CONFIGS):
+        raise ValueError(
+            f"{GEMM_CONFIG_ENV}={value!r}: give an index into GEMM_CONFIGS, 0 to "
+            f"{len(GEMM_CONFIGS) - 1}, or unset it to autotune"
+        )
+    return GEMM_CONFIGS[int(value)]
+
+
 @triton.jit
 def _fp8_gemm_kernel(
     out_ptr, a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, bias_ptr,
@@ -132,6 +149,9 @@ def _fp8_gemm_kernel(
         y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * out_stride + offs_n[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+_fp8_gemm_tuned = triton.autotune(configs=GEMM_CONFIGS, key=["M", "N", "K"])(_fp8_gemm_kernel)
 
 
 def _require_fp8_gpu(op: str, device: torch.device) -> None:
@@ -196,11 +216,16 @@ def fp8_gemm_triton(a, b, a_scale, b_scale, out_dtype, bias):
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
+    kernel, tile = _fp8_gemm_tuned, {}
+    config = pinned_gemm_config()
+    if config is not None:
+        kernel = _fp8_gemm_kernel
+        tile = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     launch(
-        _fp8_gemm_kernel, grid, a.device,
+        kernel, grid, a.device,
         out, a, b, a_scale, b_scale, bias if bias is not None else a_scale,
         m, n, k, out.stride(0), a.stride(0), b.stride(0),
         A_PER_ROW=a_scale.numel() != 1 or m == 1, B_PER_ROW=b_scale.numel() != 1 or n == 1,
-        HAS_BIAS=bias is not None,
+        HAS_BIAS=bias is not None, **tile,
     )  # fmt: skip
     return out

@@ -68,7 +68,7 @@ fp8_cases = [  # E4M3 needs sm_89+: compiled for sm_90 only
     (fp8._quantize_kernel, [("out_ptr", "*fp8e4nv"), ("x_ptr", "*DT"), ("scale_ptr", "*fp32"),
                             ("cols", "i32"), ("out_stride", "i32"), ("x_stride", "i32")],
      {"SCALE_MODE": 1, "BLOCK": 1024}, 4),
-    (fp8._fp8_gemm_kernel.fn, gemm_args,
+    (fp8._fp8_gemm_kernel, gemm_args,
      {"A_PER_ROW": True, "B_PER_ROW": True, "HAS_BIAS": False, "BLOCK_M": 128, "BLOCK_N": 128,
       "BLOCK_K": 128, "GROUP_M": 8}, 8),
 ]
@@ -80,7 +80,7 @@ for arch, arch_cases in ((80, cases), (90, cases + fp8_cases)):
         k = triton.compile(ASTSource(fn, signature, const), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": warps})
         assert k.asm["cubin"], fn.__name__
-        if fn is fp8._fp8_gemm_kernel.fn:  # Hopper FP8 tensor-core instructions
+        if fn is fp8._fp8_gemm_kernel:  # Hopper FP8 tensor-core instructions
             assert "wgmma" in k.asm["ptx"], "the FP8 GEMM does not use wgmma on sm_90"
         done.append(f"{fn.__name__}@sm_{arch}")
 print(json.dumps(done))

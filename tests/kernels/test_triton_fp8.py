@@ -54,11 +54,61 @@ def test_quantize_is_bit_exact(granularity, shape, dtype, dynamic):
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)), "E4M3 bits differ"
 
 
+@pytest.fixture
+def one_gemm_config(monkeypatch):
+    """Pin the smallest tile: autotuning would compile all GEMM_CONFIGS for each shape
+    (test_every_gemm_config_is_correct covers each config)."""
+    from kernels.triton import fp8
+
+    smallest = min(range(len(fp8.GEMM_CONFIGS)), key=lambda i: _tile_area(fp8.GEMM_CONFIGS[i]))
+    monkeypatch.setenv(fp8.GEMM_CONFIG_ENV, str(smallest))
+
+
+def _tile_area(config):
+    return config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
+
+
 @pytest.mark.parametrize("mnk", GEMM_SHAPES, ids=lambda s: "M{}-N{}-K{}".format(*s))
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scales", ["tensor", "row"])
 @gpu_fp8
-def test_gemm_matches_the_quantized_matmul(mnk, out_dtype, scales):
+def test_gemm_matches_the_quantized_matmul(mnk, out_dtype, scales, one_gemm_config):
+    _check_gemm(mnk, out_dtype, scales)
+
+
+@pytest.mark.parametrize("config", range(8))
+@gpu_fp8
+def test_every_gemm_config_is_correct(config, monkeypatch):
+    from kernels.triton import fp8
+
+    assert len(fp8.GEMM_CONFIGS) == 8
+    monkeypatch.setenv(fp8.GEMM_CONFIG_ENV, str(config))
+    _check_gemm((130, 257, 200), torch.bfloat16, "row")  # a partial tile on every edge
+
+
+@gpu_fp8
+def test_autotuned_gemm_is_correct(monkeypatch):
+    from kernels.triton import fp8
+
+    monkeypatch.delenv(fp8.GEMM_CONFIG_ENV, raising=False)
+    _check_gemm((130, 257, 200), torch.bfloat16, "row")
+
+
+def test_a_bad_pinned_gemm_config_says_what_to_give(monkeypatch):
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    from kernels.triton import fp8
+
+    monkeypatch.setenv(fp8.GEMM_CONFIG_ENV, "8")
+    with pytest.raises(ValueError, match="an index into GEMM_CONFIGS, 0 to 7"):
+        fp8.pinned_gemm_config()
+    monkeypatch.setenv(fp8.GEMM_CONFIG_ENV, "3")
+    assert fp8.pinned_gemm_config() is fp8.GEMM_CONFIGS[3]
+    monkeypatch.delenv(fp8.GEMM_CONFIG_ENV)
+    assert fp8.pinned_gemm_config() is None
+
+
+def _check_gemm(mnk, out_dtype, scales):
     m, n, k = mnk
     a, b = _x(m, k, 1).nan_to_num(0, 0, 0).cuda(), _x(n, k, 2).nan_to_num(0, 0, 0).cuda()
     gran = "tensor" if scales == "tensor" else "token"
