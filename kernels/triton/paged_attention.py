@@ -7,11 +7,14 @@ tokens of one sequence times the GROUP q heads that share the kv head (row r = t
 r // GROUP, q head kv_head * GROUP + r % GROUP), so each K/V tile is loaded once for the
 whole GQA group. For each tile of BLOCK_N keys, up to the tile's last query position:
 1. gather K and V rows through the block table (slot = block * block_size + offset);
-2. scores = (q @ k^T) * scale in fp32 (fp32 inputs use 3xTF32 tensor-core products,
-   whose error is near fp32's, not plain TF32; it also compiles twice as fast as IEEE);
-   keys after the query's absolute position (context_len - query_len + i) are masked;
-3. online softmax: m_new = max(m, rowmax(scores)); acc, l rescaled by exp(m - m_new);
-   p = exp(scores - m_new); l += rowsum(p); acc += p @ v (p rounded to v's dtype, as
+2. scores = (q @ k^T) * scale * log2(e) in fp32, so that step 3 uses exp2, the
+   hardware's instruction (fp32 inputs use 3xTF32 tensor-core products, whose error
+   is near fp32's, not plain TF32; it also compiles twice as fast as IEEE); keys after
+   the query's absolute position (context_len - query_len + i) are masked, in the
+   tiles that hold such keys only: tiles wholly before the query tile's first
+   position go through a loop that builds no mask (`_attend_keys`, CAUSAL_MASK);
+3. online softmax: m_new = max(m, rowmax(scores)); acc, l rescaled by exp2(m - m_new);
+   p = exp2(scores - m_new); l += rowsum(p); acc += p @ v (p rounded to v's dtype, as
    FlashAttention-2 feeds the tensor cores);
 4. out = acc / l, rounded to q's dtype.
 Masked scores use a large finite negative, not -inf, so a row never computes
@@ -32,6 +35,49 @@ from ._launch import launch, next_power_of_2
 BLOCK_M_GPU, BLOCK_M_INTERPRETER = 128, 64
 BLOCK_N = 64  # keys per tile
 MASKED = tl.constexpr(-1.0e30)  # a global a kernel reads must be constexpr
+LOG2E = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp(x) = exp2(x * log2(e))
+
+
+@triton.jit
+def _attend_keys(
+    acc, l_i, m_i, q, q_pos, key_start, key_stop, table, key_cache_ptr, value_cache_ptr,
+    qk_scale, block_size, row_elems, kv_head, head_dim,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP32_DOT: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr,
+):  # fmt: skip
+    """Steps 1-3 for the key tiles in [key_start, key_stop). Without CAUSAL_MASK every
+    key of every tile is visible to every row, so no mask is built."""
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    for tile_start in range(key_start, key_stop, BLOCK_N):
+        keys = tile_start + tl.arange(0, BLOCK_N)
+        if CAUSAL_MASK:
+            key_ok = keys < key_stop
+            block = tl.load(table + keys // block_size, mask=key_ok, other=0).to(tl.int64)
+            kv_mask = key_ok[:, None] & d_ok[None, :]
+        else:
+            block = tl.load(table + keys // block_size).to(tl.int64)
+            kv_mask = d_ok[None, :]
+        kv_off = (block * block_size + keys % block_size) * row_elems + kv_head * head_dim
+        k = tl.load(key_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if FP32_DOT:
+            s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale  # log2 units: exp2 below
+        if CAUSAL_MASK:
+            s = tl.where((keys[None, :] <= q_pos[:, None]) & key_ok[None, :], s, MASKED)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(value_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if FP32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="tf32x3")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -65,35 +111,25 @@ def _paged_prefill_kernel(
     m_i = tl.full([BLOCK_M], MASKED, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    last_token = tl.minimum(first + TILE_TOKENS, q_len) - 1
-    key_end = ctx - q_len + last_token + 1  # keys the tile's last query row sees
+    qk_scale = scale * LOG2E
     table = block_tables_ptr + seq.to(tl.int64) * table_stride
     row_elems = num_kv_heads * head_dim  # one cache slot: [Hkv, D] contiguous
-    for key_start in range(0, key_end, BLOCK_N):
-        keys = key_start + tl.arange(0, BLOCK_N)
-        key_ok = keys < key_end
-        block = tl.load(table + keys // block_size, mask=key_ok, other=0).to(tl.int64)
-        slot = block * block_size + keys % block_size
-        kv_off = slot * row_elems + kv_head * head_dim
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(key_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if FP32_DOT:
-            s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * scale
-        visible = (keys[None, :] <= q_pos[:, None]) & key_ok[None, :]
-        s = tl.where(visible, s, MASKED)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(value_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if FP32_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="tf32x3")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    # Keys before the tile's first query position are visible to all its rows: whole
+    # tiles of them go through the unmasked loop, the rest (up to the position the
+    # tile's last row sees) through the masked one.
+    last_token = tl.minimum(first + TILE_TOKENS, q_len) - 1
+    key_end = ctx - q_len + last_token + 1
+    open_end = ((ctx - q_len + first + 1) // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _attend_keys(
+        acc, l_i, m_i, q, q_pos, 0, open_end, table, key_cache_ptr, value_cache_ptr,
+        qk_scale, block_size, row_elems, kv_head, head_dim,
+        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=False,
+    )  # fmt: skip
+    acc, l_i, m_i = _attend_keys(
+        acc, l_i, m_i, q, q_pos, open_end, key_end, table, key_cache_ptr, value_cache_ptr,
+        qk_scale, block_size, row_elems, kv_head, head_dim,
+        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=True,
+    )  # fmt: skip
 
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
     o_off = (q_start + token).to(tl.int64) * out_stride_t + head * out_stride_h

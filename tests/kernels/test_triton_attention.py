@@ -3,7 +3,8 @@ through Triton's interpreter (fp32, fp16) and on CUDA tensors compiled (gpu mark
 
 Cases: GQA ratios 1/4/8, block sizes 1/5/16, head_dim 18 (padded to a power of two),
 64 and 128; empty and single-token chunks, chunks after a cached prefix, chunks that
-start and end inside a block, and chunks longer than one query tile (64 rows)."""
+start and end inside a block, chunks longer than one query tile (64 rows), and a chunk
+after a prefix of several key tiles (64 keys each), which go through the unmasked loop."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import kernels
 from kernels.paged_attention import paged_prefill_attention_reference
 
 # (cached tokens, new tokens) per sequence
-BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (3, 0)]
+BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (3, 0), (200, 75)]
 # (q heads, kv heads, block size, head_dim)
 LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 128)]
 

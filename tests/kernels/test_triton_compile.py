@@ -83,6 +83,22 @@ for arch, arch_cases in ((80, cases), (90, cases + fp8_cases)):
         if fn is fp8._fp8_gemm_kernel:  # Hopper FP8 tensor-core instructions
             assert "wgmma" in k.asm["ptx"], "the FP8 GEMM does not use wgmma on sm_90"
         done.append(f"{fn.__name__}@sm_{arch}")
+# The attention kernel as a launch specializes it (pointers and the strides, block size
+# and head_dim divisible by 16): on sm_90 both products must be wgmma and the K/V tiles
+# cp.async copies (Triton's software pipeline), the two things its speed rests on.
+names = [n for n, _ in attn_args]
+div16 = [n for n in names if n.endswith("_ptr") or "stride" in n or n in ("block_size", "head_dim")]
+attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16}
+const = {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
+         "FP32_DOT": False}
+signature = sig(attn_args, "bf16")
+signature.update({k: "constexpr" for k in const})
+k = triton.compile(ASTSource(paged_attention._paged_prefill_kernel, signature, const, attrs),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+ptx = k.asm["ptx"]
+assert "wgmma.mma_async" in ptx, "attention: no wgmma on sm_90"
+assert "cp.async" in ptx, "attention: K/V loads are not asynchronous copies on sm_90"
+done.append("_paged_prefill_kernel@sm_90 (wgmma, cp.async)")
 print(json.dumps(done))
 """
 
@@ -98,4 +114,4 @@ def test_kernels_compile_for_sm80_and_sm90():  # about 20 s on 2 cores
     if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("this triton install has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 13
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 14
