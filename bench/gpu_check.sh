@@ -171,6 +171,8 @@ nvcc $("$NVCC_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'
   echo
   if [ -f "$BENCH_OUT.md" ]; then
     sed -n '/^## Targets/,/^## /p' "$BENCH_OUT.md" | sed '1d;$d'
+    echo
+    sed -n '/^## Fastest GPU backend per op/,/^## [a-z]/p' "$BENCH_OUT.md" | sed '$d'
   else
     echo "not measured (the benchmark did not finish; see $LOGDIR/bench.log)"
   fi

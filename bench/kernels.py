@@ -42,9 +42,13 @@ from microbench import Case, measure, rooflines, write_report  # noqa: E402
 import kernels  # noqa: E402
 from kernels import backend as dispatch  # noqa: E402
 from kernels.activation import SILU_MUL  # noqa: E402
+from kernels.fp8 import FP8_GEMM, FP8_QUANTIZE  # noqa: E402
 from kernels.norm import FUSED_ADD_RMS_NORM, RMS_NORM  # noqa: E402
 from kernels.paged_attention import PAGED_PREFILL_ATTENTION  # noqa: E402
 from kernels.rope import ROPE_AND_CACHE  # noqa: E402
+
+OPS = {op.name: op for op in (RMS_NORM, FUSED_ADD_RMS_NORM, SILU_MUL, ROPE_AND_CACHE,
+                              PAGED_PREFILL_ATTENTION, FP8_QUANTIZE, FP8_GEMM)}  # fmt: skip
 
 # Llama-3.x shapes: (hidden, intermediate, q heads, kv heads, head_dim)
 MODELS = {"70b": (8192, 28672, 64, 8, 128), "8b": (4096, 14336, 32, 8, 128),
@@ -303,7 +307,52 @@ def targets(rows: list[dict], device: torch.device) -> list[dict]:
     return out
 
 
+def fastest_gpu_backends(rows: list[dict]) -> list[dict]:
+    """Per op: the plain `cuda` and `triton` rows of each shape, which was faster, and
+    whether the op's dispatch order (Op.gpu_order) already puts the faster one first."""
+    by_op: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["impl"] not in dispatch.GPU_ORDER or "median_s" not in r:
+            continue
+        name = r["op"].split(" ")[0]  # "fp8_gemm (token x channel scales)" -> fp8_gemm
+        by_op.setdefault(name, []).append(r)
+    out = []
+    for name, op_rows in by_op.items():
+        times: dict[str, dict[str, float]] = {}
+        for r in op_rows:
+            times.setdefault(r["shape"], {})[r["impl"]] = r["median_s"]
+        both = {shape: t for shape, t in times.items() if len(t) == 2}
+        wins = {b: sum(min(t, key=t.get) == b for t in both.values()) for b in dispatch.GPU_ORDER}
+        order = OPS[name].gpu_order if name in OPS else dispatch.GPU_ORDER
+        faster = None
+        if both:
+            faster = max(wins, key=wins.get) if len(set(wins.values())) > 1 else "tie"
+        out.append({"op": name, "shapes": len(both), "wins": wins, "first_in_order": order[0],
+                    "faster": faster,
+                    "cuda_over_triton": [t["cuda"] / t["triton"] for t in both.values()]})  # fmt: skip
+    return out
+
+
 # ----------------------------------------------------------------------------- report
+
+
+def fastest_section(verdicts: list[dict]) -> list[str]:
+    """The report's "Fastest GPU backend per op" section: what the dispatch order
+    (kernels/README.md, "Backends and dispatch") is to follow."""
+    lines = ["## Fastest GPU backend per op", "",
+             "Plain `cuda` and `triton` rows (no `out=`), shape by shape. `first in order` is "
+             "what dispatch tries first today (Op.gpu_order); where `faster` differs, the "
+             "order should change.", "",
+             "| op | shapes | cuda faster | triton faster | cuda time / triton time | faster "
+             "| first in order | matches |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for v in verdicts:
+        ratios = ", ".join(f"{x:.2f}" for x in v["cuda_over_triton"]) or "-"
+        matches = "-" if v["faster"] in (None, "tie") else (
+            "yes" if v["faster"] == v["first_in_order"] else "NO")  # fmt: skip
+        lines.append(f"| {v['op']} | {v['shapes']} | {v['wins']['cuda']} | "
+                     f"{v['wins']['triton']} | {ratios} | {v['faster'] or 'not measured'} | "
+                     f"{v['first_in_order']} | {matches} |")  # fmt: skip
+    return lines
 
 
 def environment(device: torch.device) -> dict:
@@ -361,7 +410,11 @@ def main(argv=None) -> int:
         print(t, flush=True)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"kernels_{device.type}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(out, env, roof, cases, tgts, reduced, time.perf_counter() - began)
+    extra = []
+    if device.type == "cuda":
+        extra = fastest_section(fastest_gpu_backends([r for c in cases for r in c.rows]))
+        print("\n".join(extra), flush=True)
+    write_report(out, env, roof, cases, tgts, reduced, time.perf_counter() - began, extra)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
 

@@ -185,7 +185,8 @@ def _fmt_row(r: dict) -> str:
             f"{_speedup(r)}")  # fmt: skip
 
 
-def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed) -> None:
+def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed, extra=()) -> None:
+    """The .json and .md reports; `extra`: markdown lines placed after the targets."""
     rows = [r for c in cases for r in c.rows]
     path.with_suffix(".json").write_text(json.dumps(
         {"environment": env, "rooflines": roof, "rows": rows, "targets": tgts,
@@ -217,6 +218,8 @@ def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed) -> None:
     for t in tgts:
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
         lines.append(f"| {t['target']} | {_num(t['measured'], '.2f')} | {t['goal']} | {met} |")
+    if extra:
+        lines += [""] + list(extra)
     for case in cases:
         lines += ["", f"## {case.op}: {case.shape}, {str(case.dtype)[6:]}", ""]
         if case.note:
