@@ -165,6 +165,28 @@ def test_fp8_gemm(out_dtype, mnk, with_bias, per_channel, per_token):
     assert (err <= 2e-2 * ref.double().abs() + 1e-2 * ref.double().abs().amax(1, True)).all()
 
 
+@pytest.mark.parametrize("scales", ["tensor", "token x channel"])
+def test_fp8_gemm_on_views_that_are_only_16_byte_aligned(scales):
+    """cuBLASLt assumes 256-byte aligned buffers unless told otherwise: row 1 of an
+    [M+1, 48] FP8 tensor starts 48 bytes in, and must still give the right product."""
+    if not _fp8_gemm_capable():
+        pytest.skip("cuBLASLt FP8 needs sm_89+ and a build with cuBLASLt")
+    m, n, k = 40, 24, 48
+    g = torch.Generator().manual_seed(1)
+    a_full = (torch.randn(m + 1, k, generator=g) * 4).to(FP8_DTYPE)
+    b_full = (torch.randn(n + 1, k, generator=g) * 4).to(FP8_DTYPE)
+    a, b = a_full[1:], b_full[1:]
+    per_row = scales != "tensor"
+    sa = torch.rand(m if per_row else 1, generator=g) + 0.5
+    sb = torch.rand(n if per_row else 1, generator=g) + 0.5
+    a_dev, b_dev = a_full.to(DEV)[1:], b_full.to(DEV)[1:]
+    assert a_dev.data_ptr() % 256 == 48
+    out = kernels.fp8_gemm(a_dev, b_dev, sa.to(DEV), sb.to(DEV), torch.bfloat16, backend="cuda")
+    ref = fp8_gemm_reference(a, b, sa, sb, torch.bfloat16, None)
+    err = (out.cpu().double() - ref.double()).abs()
+    assert (err <= 2e-2 * ref.double().abs() + 1e-2 * ref.double().abs().amax(1, True)).all()
+
+
 def test_fp8_gemm_rejects_unaligned_k():
     a = torch.ones(4, 17, device=DEV).to(FP8_DTYPE)
     with pytest.raises(ValueError, match="multiples of 16"):
