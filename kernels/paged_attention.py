@@ -59,7 +59,8 @@ def paged_prefill_attention_native(
     q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
 ):
     """cpu: fp32 online softmax over chunks of 64 keys (csrc/cpu/attention_kernels.h);
-    cuda: one thread block per (query tile, q head) (csrc/cuda/attention_kernels.cuh).
+    cuda: FlashAttention-2 on mma.sync tensor cores for bf16/fp16 at head_dim 64/128
+    (csrc/cuda/attention_mma_kernels.cuh), else a scalar kernel (attention_kernels.cuh).
     Both through torch.ops.reward_engine.paged_prefill_attention."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     starts = torch.as_tensor(query_start_loc, dtype=torch.int64, device=q.device).contiguous()
@@ -82,9 +83,10 @@ PAGED_PREFILL_ATTENTION = Op(
         "cuda": paged_prefill_attention_cuda,
         "triton": triton_impl("paged_attention", "paged_prefill_attention_triton"),
     },
-    # The Triton kernel runs both products on tensor cores (wgmma on sm_90, checked by
-    # tests/kernels/test_triton_compile.py); the CUDA kernel is scalar FFMA (its SASS has
-    # no HMMA/HGMMA). Until bench/gpu_check.sh has timed both, Triton goes first.
+    # Both run the two products on tensor cores, the Triton kernel with Hopper's wgmma
+    # and pipelined cp.async loads (tests/kernels/test_triton_compile.py), the CUDA one
+    # with mma.sync and unpipelined loads (tests/kernels/test_cuda_sass.py). Until
+    # bench/gpu_check.sh has timed both, Triton goes first.
     gpu_order=("triton", "cuda"),
 )
 

@@ -1,8 +1,44 @@
-// Launcher for paged_prefill_attention (attention_kernels.cuh).
+// Launcher for paged_prefill_attention: the tensor-core kernel
+// (attention_mma_kernels.cuh) where it applies, else the scalar one
+// (attention_kernels.cuh).
 #include "attention_kernels.cuh"
+#include "attention_mma_kernels.cuh"
 #include "ops.h"
 
 namespace reward_engine::cuda {
+namespace {
+
+// kernel<<<grid, threads, smem>>>(p), raising the dynamic shared-memory limit
+// first where the kernel needs more than the default 48 KiB.
+template <class Kernel>
+void launch_attention(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                      const AttentionParams& p) {
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) {
+      throw std::runtime_error(std::string("paged_prefill_attention: ") + std::to_string(smem) +
+                               " bytes of shared memory: " + cudaGetErrorString(err));
+    }
+  }
+  kernel<<<grid, threads, smem, stream>>>(p);
+}
+
+template <class T>
+void launch_mma(const AttentionParams& p, int64_t num_tokens, int64_t num_seqs,
+                cudaStream_t stream) {
+  using namespace mma_attention;
+  const dim3 grid(unsigned((num_tokens + kRows - 1) / kRows), unsigned(p.num_q_heads),
+                  unsigned(num_seqs));
+  const size_t smem = smem_bytes(p.head_dim);
+  if (p.head_dim == 64) {
+    launch_attention(&paged_attention_mma_kernel<T, 64>, grid, kThreads, smem, stream, p);
+  } else {
+    launch_attention(&paged_attention_mma_kernel<T, 128>, grid, kThreads, smem, stream, p);
+  }
+}
+
+}  // namespace
 
 void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t out_head_stride,
                              uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
@@ -29,18 +65,24 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                     num_kv_heads, head_dim, reinterpret_cast<const int32_t*>(block_tables),
                     max_blocks_per_seq, reinterpret_cast<const int64_t*>(query_start_loc),
                     reinterpret_cast<const int64_t*>(context_lens), float(scale)};
-  const size_t smem = attention_smem_bytes(head_dim);
-  // no sequence has more new tokens than the batch: tiles past a sequence's own
-  // query length exit at once (this avoids reading the lengths on the host)
+  // Grids span the whole batch's token count: no sequence has more new tokens
+  // than that, and tiles past a sequence's own query length exit at once (this
+  // avoids reading the lengths on the host).
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (mma_attention::supports(p, dtype)) {
+    if (dtype == 1) {
+      launch_mma<__nv_bfloat16>(p, num_tokens, num_seqs, s);
+    } else {
+      launch_mma<__half>(p, num_tokens, num_seqs, s);
+    }
+    check_launch(op);
+    return;
+  }
   const dim3 grid(unsigned((num_tokens + kTileQ - 1) / kTileQ), unsigned(num_q_heads),
                   unsigned(num_seqs));
-  auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {
-    auto kernel = &paged_attention_kernel<decltype(tag)>;
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    }
-    kernel<<<grid, kAttnThreads, smem, s>>>(p);
+    launch_attention(&paged_attention_kernel<decltype(tag)>, grid, kAttnThreads,
+                     attention_smem_bytes(head_dim), s, p);
   });
   check_launch(op);
 }

@@ -107,7 +107,11 @@ def test_rope_and_cache(dtype, head_shape):
         kernels.rope(qc, kc, positions.to(DEV) + 1000, cache.to(DEV), backend="cuda")
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+# head_dim 64 and 128 in bf16/fp16 run the tensor-core kernel, the others the scalar one
+CUDA_LAYOUTS = LAYOUTS + [(8, 2, 16, 128), (64, 8, 16, 128)]
+
+
+@pytest.mark.parametrize("layout", CUDA_LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_paged_prefill_attention(dtype, layout):
     num_q, num_kv, block_size, head_dim = layout
@@ -134,6 +138,19 @@ def test_fp8_quantize_bit_equal(dtype, shape, granularity):
     assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
     q, _ = kernels.fp8_quantize(x.to(DEV), s_ref.to(DEV), granularity, backend="cuda")
     assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_paged_prefill_attention_over_long_contexts(dtype):
+    """Several 64-token query tiles and 64-key tiles per sequence, chunks after long
+    cached prefixes, and a block table whose blocks are scattered."""
+    seqs = [(0, 300), (517, 64), (1000, 1), (130, 129)]
+    q, kc, vc, tables, starts, lens = make_batch(seqs, 16, 4, 128, 16, dtype)
+    out = kernels.paged_prefill_attention(
+        q.to(DEV), kc.to(DEV), vc.to(DEV), tables.to(DEV), starts, lens, 0.088, backend="cuda"
+    )
+    expected = paged_prefill_attention_reference(q, kc, vc, tables, starts, lens, 0.088)
+    assert_close(out.cpu(), expected, "attention[cuda], long contexts")
 
 
 def _fp8_gemm_capable() -> bool:
