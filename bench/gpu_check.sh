@@ -10,13 +10,15 @@
 #      GPU targets: RMSNorm vs copy bandwidth, FP8 GEMM vs torch._scaled_mm, paged
 #      prefill attention vs SDPA-flash);
 #   5. writes bench/results/gpu_check_<device>_<date>.md (device name, date, versions,
-#      each step's status and time, the test summary and the targets table) beside the
-#      benchmark's kernels_cuda_<device>.md/.json.
+#      each step's status and time, the test summary, the targets table and the fastest
+#      backend per op) beside the benchmark's kernels_cuda_<device>.md/.json, prints it,
+#      and copies it, the report and the logs into $OUT when that folder is set.
 # Budget: 8 minutes on one H100 (each step has its own timeout below).
 #
 #   bash bench/gpu_check.sh             # everything
 #   bash bench/gpu_check.sh --dry-run   # print the steps and checks, run nothing
 #   PYTHON=/path/to/python bash bench/gpu_check.sh
+#   GPU_CHECK_RESULTS=/some/dir bash bench/gpu_check.sh   # instead of bench/results
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,7 @@ DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,7 +90,7 @@ fi
 STAMP=$(date -u +%Y-%m-%d_%H%M)
 SLUG=$(echo "$DEVICE_NAME" | tr -cs 'A-Za-z0-9' '_' | sed 's/^_*//; s/_*$//')
 [ "$DRY_RUN" = 1 ] && SLUG="DEVICE"
-RESULTS=bench/results
+RESULTS="${GPU_CHECK_RESULTS:-bench/results}"
 SUMMARY="$RESULTS/gpu_check_${SLUG}_${STAMP}.md"
 BENCH_OUT="$RESULTS/kernels_cuda_${SLUG}"
 LOGDIR="$RESULTS/gpu_check_logs_${STAMP}"
@@ -102,7 +104,7 @@ XDIST=""
 if [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import xdist" >/dev/null 2>&1; then
   XDIST="-n $(( $(nproc) < 8 ? $(nproc) : 8 ))"
 fi
-CMD[tests]="env -u TRITON_INTERPRET $PYTHON -m pytest -q -m gpu -p no:cacheprovider $XDIST tests/kernels"
+CMD[tests]="env -u TRITON_INTERPRET $PYTHON -m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short $XDIST tests/kernels"
 CMD[bench]="env -u TRITON_INTERPRET $PYTHON bench/kernels.py --device cuda --out $BENCH_OUT"
 TIMEOUT[build]=$BUILD_TIMEOUT
 TIMEOUT[tests]=$TEST_TIMEOUT
@@ -178,6 +180,17 @@ nvcc $("$NVCC_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'
   fi
 } >"$SUMMARY"
 say "wrote $SUMMARY"
+cat "$SUMMARY"
+
+# Where the caller collects files in $OUT (a lent GPU machine keeps nothing), copy the
+# summary, the benchmark report and the three logs there: six files, one folder deep.
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  cp "$SUMMARY" "$OUT/"
+  for f in "$BENCH_OUT.md" "$BENCH_OUT.json" "$LOGDIR"/*.log; do
+    [ -f "$f" ] && cp "$f" "$OUT/"
+  done
+  say "copied the summary, report and logs to $OUT"
+fi
 
 for step in "${STEPS[@]}"; do
   [ "${STATUS[$step]:-}" = ok ] || exit 1
