@@ -66,7 +66,10 @@ def test_tensor_core_attention_uses_hmma_in_every_architecture(sass):
         mma = _kernels(functions, "paged_attention_mma_kernel")
         assert len(mma) == 4, f"{arch}: expected bf16/fp16 x head_dim 64/128, got {list(mma)}"
         for name, body in mma.items():
+            # the instruction's operand type follows the kernel's: .BF16 for bf16
+            bf16 = "bfloat16" in name
             assert "HMMA.16816.F32" in body, f"{arch} {name}: no HMMA.16816"
+            assert ("HMMA.16816.F32.BF16" in body) == bf16, f"{arch} {name}: operand type"
 
 
 def test_tensor_core_attention_keeps_its_accumulators_in_registers_on_sm90a(sass):
