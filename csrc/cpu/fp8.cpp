@@ -29,12 +29,16 @@ float scale_from_amax(float amax) {
   return std::max(s, 1.17549435e-38f);
 }
 
-template <class T>
-void quantize(uint8_t* out, const T* x, int64_t rows, int64_t cols, int64_t out_stride,
-              int64_t x_stride, float* scale, int granularity, bool dynamic, int threads) {
-  auto row = [&](int64_t r) { return x + r * x_stride; };
+// x: rows of element type `dtype`, row stride x_stride elements.
+void quantize(uint8_t* out, const char* x, int dtype, int64_t rows, int64_t cols,
+              int64_t out_stride, int64_t x_stride, float* scale, int granularity, bool dynamic,
+              int threads) {
+  const KernelTable& kernels = active_kernels();
+  const int64_t esize = element_size(dtype);
+  auto row = [&](int64_t r) { return x + r * x_stride * esize; };
   if (dynamic && granularity != kFp8PerChannel) {
     std::vector<float> amax(size_t(rows), 0.0f);
+    const RowAmaxFn row_amax = kernels.row_amax[dtype];
     parallel_for(rows, threads, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) amax[r] = row_amax(row(r), cols);
     });
@@ -46,15 +50,17 @@ void quantize(uint8_t* out, const T* x, int64_t rows, int64_t cols, int64_t out_
   } else if (dynamic) {
     // columns in chunks of 64, each chunk reduced over all rows by one thread
     const int64_t chunks = (cols + 63) / 64;
+    const ColAmaxFn col_amax = kernels.col_amax[dtype];
     parallel_for(chunks, threads, [&](int64_t b, int64_t e) {
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t c0 = ch * 64, n = std::min<int64_t>(64, cols - c0);
         float m[64] = {};
-        for (int64_t r = 0; r < rows; ++r) update_col_amax(m, row(r) + c0, n);
+        for (int64_t r = 0; r < rows; ++r) col_amax(m, row(r) + c0 * esize, n);
         for (int64_t j = 0; j < n; ++j) scale[c0 + j] = scale_from_amax(m[j]);
       }
     });
   }
+  const Fp8QuantizeRowFn quantize_row = kernels.fp8_quantize_row[dtype];
   parallel_for(rows, threads, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* s = granularity == kFp8PerToken ? scale + r : scale;
@@ -101,19 +107,8 @@ void fp8_quantize(uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, int64_
   }
   check(out != 0 && x != 0, "fp8_quantize: null pointer");
   const int threads = threads_for(rows * cols * (element_size(dtype) + 1), rows, num_threads);
-  auto* o = reinterpret_cast<uint8_t*>(out);
-  auto* s = reinterpret_cast<float*>(scale);
-  switch (dtype) {
-    case kFloat32:
-      return quantize(o, reinterpret_cast<const float*>(x), rows, cols, out_stride, x_stride, s,
-                      granularity, dynamic, threads);
-    case kBFloat16:
-      return quantize(o, reinterpret_cast<const bf16*>(x), rows, cols, out_stride, x_stride, s,
-                      granularity, dynamic, threads);
-    default:
-      return quantize(o, reinterpret_cast<const fp16*>(x), rows, cols, out_stride, x_stride, s,
-                      granularity, dynamic, threads);
-  }
+  quantize(reinterpret_cast<uint8_t*>(out), reinterpret_cast<const char*>(x), dtype, rows, cols,
+           out_stride, x_stride, reinterpret_cast<float*>(scale), granularity, dynamic, threads);
 }
 
 void fp8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride, uintptr_t b,

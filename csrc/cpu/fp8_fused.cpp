@@ -28,17 +28,14 @@ void quantized_rows(const char* op, uintptr_t out, int64_t out_stride, uintptr_t
   const float* s = reinterpret_cast<const float*>(scale);
   auto* o = reinterpret_cast<uint8_t*>(out);
   const int64_t esize = element_size(dtype);
+  const Fp8QuantizeRowFn quantize_row = active_kernels().fp8_quantize_row[dtype];
   parallel_for(rows, threads_for(bytes, rows, num_threads), [&](int64_t begin, int64_t end) {
     std::vector<unsigned char> scratch(size_t(kRowsPerBlock * width * esize));
     for (int64_t r0 = begin; r0 < end; r0 += kRowsPerBlock) {
       const int64_t n = std::min(kRowsPerBlock, end - r0);
       run(r0, n, scratch.data());
       for (int64_t i = 0; i < n; ++i) {
-        uint8_t* dst = o + (r0 + i) * out_stride;
-        const void* src = scratch.data() + i * width * esize;
-        if (dtype == kFloat32) quantize_row(dst, static_cast<const float*>(src), s, 0, width);
-        if (dtype == kBFloat16) quantize_row(dst, static_cast<const bf16*>(src), s, 0, width);
-        if (dtype == kFloat16) quantize_row(dst, static_cast<const fp16*>(src), s, 0, width);
+        quantize_row(o + (r0 + i) * out_stride, scratch.data() + i * width * esize, s, 0, width);
       }
     }
   });

@@ -24,26 +24,29 @@
 namespace reward_engine::cpu {
 namespace {  // internal linkage: see dtype.h
 
-// Largest finite |x[i]| over a row of n elements (0 when there is none).
-template <class T>
-float row_amax(const T* x, int64_t n) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(to_float(x[i]));
-    const float v = a <= 3.4028234663852886e38f ? a : 0.0f;  // NaN and inf count as 0
-    m = v > m ? v : m;
-  }
-  return m;
-}
-
 // m[j] = max(m[j], finite |x[j]|) for j < n.
 template <class T>
-void update_col_amax(float* m, const T* x, int64_t n) {
+void update_col_amax(float* __restrict__ m, const T* __restrict__ x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float a = std::fabs(to_float(x[j]));
-    const float v = a <= 3.4028234663852886e38f ? a : 0.0f;
+    const float v = a <= 3.4028234663852886e38f ? a : 0.0f;  // NaN and inf count as 0
     m[j] = v > m[j] ? v : m[j];
   }
+}
+
+// Largest finite |x[i]| over a row of n elements (0 when there is none): the
+// column maxima of the row cut into 64-wide pieces, then their maximum (a
+// running scalar maximum would not vectorize; max is exact in any order).
+template <class T>
+float row_amax(const T* x, int64_t n) {
+  constexpr int64_t kLanes = 64;
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) update_col_amax(lanes, x + i, kLanes);
+  update_col_amax(lanes, x + i, n - i);
+  float m = 0.0f;
+  for (const float v : lanes) m = v > m ? v : m;
+  return m;
 }
 
 // One row: out[j] = e4m3(x[j] / scale[j * scale_step]) (step 0: one scale).
@@ -58,6 +61,23 @@ void quantize_row(uint8_t* __restrict__ out, const T* __restrict__ x,
   } else {
     for (int64_t j = 0; j < n; ++j) out[j] = float_to_e4m3(to_float(x[j]) / scale[j]);
   }
+}
+
+// The kernel table's type-erased forms of the three above (x of element type T).
+template <class T>
+void quantize_row_of(uint8_t* out, const void* x, const float* scale, int64_t scale_step,
+                     int64_t n) {
+  quantize_row(out, static_cast<const T*>(x), scale, scale_step, n);
+}
+
+template <class T>
+float row_amax_of(const void* x, int64_t n) {
+  return row_amax(static_cast<const T*>(x), n);
+}
+
+template <class T>
+void col_amax_of(float* m, const void* x, int64_t n) {
+  update_col_amax(m, static_cast<const T*>(x), n);
 }
 
 constexpr int64_t kGemmPanelN = 64;   // columns of C per task (one B panel)

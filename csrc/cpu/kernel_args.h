@@ -95,6 +95,15 @@ using AttentionFn = void (*)(const AttentionArgs&, const AttentionUnit* units, i
                              int64_t end);
 using Fp8GemmPanelFn = void (*)(const Fp8GemmArgs&, int64_t n0, float* c, float* packed_b);
 
+// FP8 quantization of one row whose elements have the table entry's dtype:
+// out[j] = e4m3(x[j] / scale[j * scale_step]).
+using Fp8QuantizeRowFn = void (*)(uint8_t* out, const void* x, const float* scale,
+                                  int64_t scale_step, int64_t n);
+// The largest finite |x[j]| of one row (0 when there is none).
+using RowAmaxFn = float (*)(const void* x, int64_t n);
+// m[j] = max(m[j], finite |x[j]|) for j < n.
+using ColAmaxFn = void (*)(float* m, const void* x, int64_t n);
+
 // One instantiation of every kernel for one ISA, indexed by DTypeCode.
 struct KernelTable {
   NormRowsFn rms_norm[3];
@@ -103,6 +112,9 @@ struct KernelTable {
   SiluMulRowsFn silu_mul[3];
   AttentionFn paged_attention[3];
   Fp8GemmPanelFn fp8_gemm_panel;
+  Fp8QuantizeRowFn fp8_quantize_row[3];
+  RowAmaxFn row_amax[3];
+  ColAmaxFn col_amax[3];
 };
 
 const KernelTable& scalar_kernels();

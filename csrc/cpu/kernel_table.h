@@ -24,6 +24,10 @@ constexpr KernelTable make_kernel_table() {
       {&paged_attention_units<V, float>, &paged_attention_units<V, bf16>,
        &paged_attention_units<V, fp16>},
       &fp8_gemm_panel<V>,
+      // the FP8 row kernels are plain loops: each ISA's compiler flags vectorize them
+      {&quantize_row_of<float>, &quantize_row_of<bf16>, &quantize_row_of<fp16>},
+      {&row_amax_of<float>, &row_amax_of<bf16>, &row_amax_of<fp16>},
+      {&col_amax_of<float>, &col_amax_of<bf16>, &col_amax_of<fp16>},
   };
 }
 

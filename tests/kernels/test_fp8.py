@@ -53,6 +53,19 @@ def test_cpu_bit_equal_to_reference(isa, dtype, shape, granularity):
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_cpu_dynamic_scales_skip_nan_and_inf_on_every_isa(isa, granularity):
+    """NaN and +-inf inside the vectorized body of a row (64-wide pieces) and in its
+    tail leave the amax to the finite values, on every instruction-set path."""
+    x = make((3, 200), torch.float32, scale=1.0)
+    x[0, 70], x[1, 130], x[2, 199], x[0, 5] = float("nan"), float("inf"), -float("inf"), 1e-30
+    x[1, 150], x[0, 63], x[2, 64], x[2, 195] = 300.0, -250.0, 7.5, -90.0
+    q, s = kernels.fp8_quantize(x, granularity=granularity, backend="cpu")
+    q_ref, s_ref = kernels.fp8_quantize(x, granularity=granularity, backend="reference")
+    assert torch.equal(s, s_ref)
+    assert torch.equal(bits(q), bits(q_ref))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_dynamic_scales(backend, granularity):
     x = make((5, 9), torch.float32)
     q, s = kernels.fp8_quantize(x.view(1, 5, 9), granularity=granularity, backend=backend)
