@@ -63,3 +63,23 @@ def test_each_op_gets_the_backend_that_won_most_shapes():
     assert "| fp8_gemm | 1 | 0 | 1 | 2.00 | triton | cuda | NO |" in table
     assert "| silu_mul | 0 | 0 | 0 | - | not measured | cuda | - |" in table
     assert "| fp8_quantize | 2 | 1 | 1 | 0.50, 2.00 | tie | cuda | - |" in table
+
+
+def test_the_pytest_benchmark_front_end_times_every_backend_of_a_case(tmp_path):
+    """bench/kernels_pytest.py: one benchmark per (case, implementation), grouped by
+    op and shape, the baseline included (one quick case, a short timing budget)."""
+    import json
+    import subprocess
+
+    report = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "bench" / "kernels_pytest.py"), "-q",
+         "-p", "no:cacheprovider", "-k", "silu_mul and 1b", "--benchmark-max-time=0.05",
+         "--benchmark-min-rounds=2", f"--benchmark-json={report}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = json.loads(report.read_text())["benchmarks"]
+    assert {r["extra_info"]["impl"] for r in runs} == {"torch (unfused)", "cpu", "cpu, out="}
+    assert {r["group"] for r in runs} == {"silu_mul: 1b [1024, 2 x 8192], bfloat16"}
+    assert all(r["stats"]["rounds"] >= 2 and r["stats"]["min"] > 0 for r in runs)
