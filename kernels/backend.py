@@ -8,8 +8,9 @@ Rules (also in kernels/README.md):
    order: `cuda` (kernels._C_cuda, when built and holding the op), then `triton`
    (kernels/triton, when triton is installed), unless the op names another order
    (`gpu_order`, with its reason in kernels/README.md); anything else uses
-   `reference`, and the fallback is logged at DEBUG with its reason. `triton` on CPU tensors runs Triton's interpreter
-   and is only ever chosen by forcing it with TRITON_INTERPRET=1 set (tests).
+   `reference`, and the fallback is logged at DEBUG with its reason. `triton` on CPU
+   tensors runs Triton's interpreter and is only ever chosen by forcing it with
+   TRITON_INTERPRET=1 set (tests).
 3. The first time an (op, device type) pair picks a backend, an INFO line says which.
 """
 
