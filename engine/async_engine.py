@@ -54,7 +54,7 @@ class AsyncRewardEngine:
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, dtype="bfloat16", **kwargs
+        cls, model_dir: str | Path, dtype="auto", **kwargs
     ) -> AsyncRewardEngine:
         """Load a checkpoint; takes RewardEngine.from_pretrained's arguments."""
         return cls(RewardEngine.from_pretrained(model_dir, dtype, **kwargs))

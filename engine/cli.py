@@ -76,9 +76,46 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="what the engine logs on stderr (default: %(default)s; debug adds each "
+        "kernel op's backend choice)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_score_command(commands)
+    _add_env_command(commands)
     return parser
+
+
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    """--dtype, shared by every command that runs a model."""
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default: auto = bfloat16 on GPUs and on CPUs with bf16 "
+        "dot products (AVX512-BF16, AMX), float32 on other CPUs; `reward-engine env` "
+        "shows the choice)",
+    )
+
+
+def setup_logging(level: str) -> None:
+    """Engine log lines on stderr; the kernels' per-op backend lines only at debug."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("engine", "kernels"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.propagate = False
+        numeric = getattr(logging, level.upper())
+        log.setLevel(numeric if name == "engine" or level == "debug" else logging.WARNING)
 
 
 def _add_score_command(commands) -> None:
@@ -94,12 +131,7 @@ def _add_score_command(commands) -> None:
     p.add_argument(
         "--output", required=True, metavar="FILE", help="output JSONL file ('-': stdout)"
     )
-    p.add_argument(
-        "--dtype",
-        default="bfloat16",
-        choices=("bfloat16", "float16", "float32"),
-        help="compute dtype (default: %(default)s)",
-    )
+    add_dtype_argument(p)
     p.add_argument(
         "--max-batch-tokens",
         type=_positive_int,
@@ -142,11 +174,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return USAGE_ERROR
+    setup_logging(args.log_level)
     try:
         return args.run(args)
+    except BrokenPipeError:  # `reward-engine env | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the exit-time flush quiet
+        return 0
     except UsageError as exc:
         print(f"reward-engine {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+
+
+# -- env ---------------------------------------------------------------------------------
+
+ENV_DESCRIPTION = """\
+Print what this machine has and what the engine chooses on it: the CPU and its ISA
+flags, the ISA level of the C++ kernels (found, and chosen), torch and its threads,
+the GPUs, the compute dtype that --dtype auto picks and why, the backend each kernel
+op dispatches to, and the machine-dependent runtime defaults (KV pool size).
+Environment variables that change the choices: REWARD_ENGINE_CPU_ISA (lower the C++
+kernels' ISA level), REWARD_ENGINE_KERNEL_BACKEND (force a backend), ONEDNN_MAX_CPU_ISA,
+OMP_NUM_THREADS.
+"""
+
+
+def _add_env_command(commands) -> None:
+    p = commands.add_parser(
+        "env",
+        help="show the hardware found and the choices made on it",
+        description=ENV_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(run=_run_env)
+
+
+def _run_env(args: argparse.Namespace) -> int:
+    from .environment import collect, format_report
+
+    report = collect()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 # -- score -------------------------------------------------------------------------------

@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="checkpoints/demo-llama3-rm")
     parser.add_argument("--input", default="examples/conversations.jsonl")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="compute dtype (default: %(default)s)")
     args = parser.parse_args(argv)
 
+    from .hardware import dtype_name
     from .llm_engine import RewardEngine
 
     model_dir = Path(args.model)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         make_checkpoint(model_dir)
     engine = RewardEngine.from_pretrained(model_dir, dtype=args.dtype)
     examples = _read_examples(Path(args.input))
-    print(f"model: {model_dir}  dtype: {args.dtype}")
+    print(f"model: {model_dir}  dtype: {dtype_name(engine.model.dtype)} (--dtype {args.dtype})")
     print(f"{'id':<14} {'reward':>22}  conversation")
     print(f"{'-' * 14} {'-' * 22}  {'-' * 60}")
     for n, ex in enumerate(examples, 1):

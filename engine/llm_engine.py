@@ -1,7 +1,7 @@
 """RewardEngine: the synchronous Python API.
 
     from engine import RewardEngine
-    eng = RewardEngine.from_pretrained("path/to/checkpoint", dtype="bfloat16")
+    eng = RewardEngine.from_pretrained("path/to/checkpoint")  # dtype="auto"
     eng.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])
     eng.score_responses([{"role": "user", "content": "2+2?"}], ["4", "5"])
     eng.score_token_ids([[128000, 9906, 0]])
@@ -29,8 +29,9 @@ import torch
 
 from .chat import ChatFormatter
 from .checkpoint import load_weights
-from .config import CAUSAL_LM, GIB, ModelConfig, RuntimeConfig, parse_dtype
+from .config import CAUSAL_LM, GIB, ModelConfig, RuntimeConfig
 from .errors import RequestFailedError
+from .hardware import dtype_name, resolve_dtype
 from .kv_cache import KVCacheManager
 from .model import LlamaRewardModel
 from .request import Request
@@ -105,7 +106,7 @@ class RewardEngine:
     def from_pretrained(
         cls,
         model_dir: str | Path,
-        dtype: str | torch.dtype = "bfloat16",
+        dtype: str | torch.dtype = "auto",
         *,
         max_num_batched_tokens: int = 4096,
         max_model_len: int | None = None,
@@ -117,7 +118,9 @@ class RewardEngine:
     ) -> RewardEngine:
         """Load an HF Llama reward checkpoint directory.
 
-        dtype: compute dtype ("bfloat16" default, "float16", "float32" or a torch dtype).
+        dtype: compute dtype: "auto" (default: bf16 on GPUs and on CPUs with bf16 dot
+            products, AVX512-BF16 or AMX; float32 on other CPUs; see engine/hardware.py),
+            "bfloat16", "float16", "float32" or a torch dtype.
         max_num_batched_tokens: tokens per forward pass (the token budget).
         max_model_len: longest accepted sequence (default: max_position_embeddings).
         reward_token_ids: for LlamaForCausalLM checkpoints, the token ids whose logits
@@ -137,7 +140,8 @@ class RewardEngine:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         cfg = ModelConfig.from_pretrained(model_dir)
-        compute_dtype = parse_dtype(dtype)
+        compute_dtype, why = resolve_dtype(dtype, device)
+        logger.info("compute dtype %s (%s)", dtype_name(compute_dtype), why)
         token_ids = tuple(reward_token_ids) if reward_token_ids is not None else (0,)
         if cfg.head_kind != CAUSAL_LM and reward_token_ids is not None:
             logger.warning("reward_token_ids ignored: %s has a score head", cfg.architecture)

@@ -37,6 +37,10 @@ _BUILD_HINT = (
 )
 
 
+# Every Op by name, in definition order (for `reward-engine env` and tests).
+OPS: dict[str, Op] = {}
+
+
 class BackendUnavailableError(RuntimeError):
     """A forced backend cannot run this op on this device."""
 
@@ -66,6 +70,7 @@ class Op:
         self.native = native or name
         self.gpu_order = tuple(gpu_order)
         self._announced: set[tuple[str, str]] = set()
+        OPS.setdefault(name, self)  # the first definition is the public op
 
     def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
         """None when `backend` can run this op on `device`, else why not."""
@@ -90,8 +95,9 @@ class Op:
             return f"kernels.{module_name} has no {self.native!r}; rebuild it ({_BUILD_HINT})"
         return None
 
-    def select(self, device: torch.device, backend: str | None = None) -> Callable:
-        """The implementation to run on `device` under the rules in the module docstring."""
+    def choose(self, device: torch.device, backend: str | None = None) -> tuple[str, str]:
+        """(backend, why) under the rules in the module docstring; runs nothing, logs
+        nothing. A forced backend that cannot run raises BackendUnavailableError."""
         forced, source = backend, "backend= argument"
         if forced is None and os.environ.get(ENV_VAR):
             forced, source = os.environ[ENV_VAR], ENV_VAR
@@ -102,21 +108,28 @@ class Op:
                     f"{self.name}: backend {forced!r} was forced by {source} but cannot run: "
                     f"{reason}. Use another backend or unset {ENV_VAR}."
                 )
-            chosen = forced
-        else:
-            chosen = "reference"
-            candidates = {"cpu": ("cpu",), "cuda": self.gpu_order}.get(device.type, ())
-            for candidate in candidates:
-                reason = self.unavailable_reason(candidate, device)
-                if reason is None:
-                    chosen = candidate
-                    break
-                logger.debug("%s on %s skips %s: %s", self.name, device, candidate, reason)
-            if chosen == "reference" and candidates:
-                logger.debug("%s on %s falls back to reference: %s", self.name, device, reason)
+            return forced, f"forced by {source}"
+        candidates = {"cpu": ("cpu",), "cuda": self.gpu_order}.get(device.type, ())
+        skipped = []
+        for candidate in candidates:
+            reason = self.unavailable_reason(candidate, device)
+            if reason is None:
+                return candidate, "first available" + (f" ({'; '.join(skipped)})" if skipped else "")
+            skipped.append(f"{candidate}: {reason}")
+        why = "; ".join(skipped) or f"no native backend for {device.type} tensors"
+        return "reference", why
+
+    def select(self, device: torch.device, backend: str | None = None) -> Callable:
+        """The implementation to run on `device` (see choose()); the first choice per
+        device type is logged at INFO, a fallback at DEBUG with its reason."""
+        chosen, why = self.choose(device, backend)
         key = (device.type, chosen)
         # torch.compile traces through select(); logging there would break the graph
-        if key not in self._announced and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return self.impls[chosen]
+        if chosen == "reference" and device.type in ("cpu", "cuda") and not why.startswith("forced"):
+            logger.debug("%s on %s falls back to reference: %s", self.name, device, why)
+        if key not in self._announced:
             self._announced.add(key)
             logger.info("%s on %s tensors uses the %s backend", self.name, device.type, chosen)
         return self.impls[chosen]

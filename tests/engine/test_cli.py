@@ -349,3 +349,10 @@ def test_console_script(model_dir, tmp_path):
     assert first["id"] == 1 and len(first["rewards"]) == 2
     assert second["line"] == 3 and "invalid JSON" in second["error"]
     assert "scored 1 line (2 conversations), 1 error: see line 3" in proc.stderr
+
+
+def test_dtype_defaults_to_auto_on_every_model_command():
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["score", "--model", "m", "--input", "-", "--output", "-"])
+    assert args.dtype == "auto"
