@@ -15,6 +15,7 @@ Reward heads:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from .config import CAUSAL_LM, ModelConfig
+from .linear import DenseLinear, Linear
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -32,15 +34,14 @@ SINGLE_FILE = "model.safetensors"
 @dataclass(slots=True)
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
-    qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor  # [hidden, q_size]
-    o_bias: torch.Tensor | None
+    qkv: Linear  # [q_size + 2 * kv_size, hidden]
+    o_proj: Linear  # [hidden, q_size]
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]: gate rows then up rows
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [hidden, intermediate]
-    down_bias: torch.Tensor | None
+    gate_up: Linear  # [2 * intermediate, hidden]: gate rows then up rows
+    down: Linear  # [hidden, intermediate]
+
+    def linears(self) -> dict[str, Linear]:
+        return {"qkv": self.qkv, "o_proj": self.o_proj, "gate_up": self.gate_up, "down": self.down}
 
 
 @dataclass(slots=True)
@@ -108,24 +109,24 @@ class CheckpointReader:
 def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     if all(p is None for p in parts):
         return None
-    return torch.cat(parts, dim=0)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _load_layer(reader: CheckpointReader, i: int, dtype: torch.dtype) -> LayerWeights:
     p = f"model.layers.{i}."
     attn, mlp = p + "self_attn.", p + "mlp."
-    bias = [reader.get_optional(attn + f"{n}_proj.bias", dtype) for n in "qkv"]
+    def fused(prefix: str, names) -> DenseLinear:
+        weight = _cat([reader.get(prefix + f"{n}_proj.weight", dtype) for n in names])
+        bias = _cat([reader.get_optional(prefix + f"{n}_proj.bias", dtype) for n in names])
+        return DenseLinear(weight, bias)
+
     return LayerWeights(
         input_norm=reader.get(p + "input_layernorm.weight", dtype),
-        qkv=torch.cat([reader.get(attn + f"{n}_proj.weight", dtype) for n in "qkv"]),
-        qkv_bias=_cat(bias),
-        o_proj=reader.get(attn + "o_proj.weight", dtype),
-        o_bias=reader.get_optional(attn + "o_proj.bias", dtype),
+        qkv=fused(attn, "qkv"),
+        o_proj=fused(attn, ["o"]),
         post_norm=reader.get(p + "post_attention_layernorm.weight", dtype),
-        gate_up=torch.cat([reader.get(mlp + f"{n}_proj.weight", dtype) for n in ("gate", "up")]),
-        gate_up_bias=_cat([reader.get_optional(mlp + f"{n}_proj.bias", dtype) for n in ("gate", "up")]),
-        down=reader.get(mlp + "down_proj.weight", dtype),
-        down_bias=reader.get_optional(mlp + "down_proj.bias", dtype),
+        gate_up=fused(mlp, ("gate", "up")),
+        down=fused(mlp, ["down"]),
     )
 
 
@@ -167,3 +168,20 @@ def load_weights(
             final_norm=reader.get("model.norm.weight", dtype),
             head=_load_head(reader, cfg, dtype, reward_token_ids),
         )
+
+
+def move_weights(obj, device: torch.device):
+    """A copy of a weights record (ModelWeights, LayerWeights, a linear layer, or a
+    list of them) with every tensor on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, list):
+        return [move_weights(o, device) for o in obj]
+    if dataclasses.is_dataclass(obj):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, torch.Tensor | list) or dataclasses.is_dataclass(value):
+                changes[f.name] = move_weights(value, device)
+        return dataclasses.replace(obj, **changes)
+    return obj

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .chat import ChatFormatter
-from .checkpoint import load_weights
+from .checkpoint import load_weights, move_weights
 from .config import CAUSAL_LM, GIB, ModelConfig, RuntimeConfig
 from .errors import RequestFailedError
 from .hardware import dtype_name, resolve_dtype
@@ -148,7 +148,7 @@ class RewardEngine:
         start = time.perf_counter()
         weights = load_weights(model_dir, cfg, compute_dtype, token_ids)
         if str(device) != "cpu":
-            weights = _to_device(weights, torch.device(device))
+            weights = move_weights(weights, torch.device(device))
         logger.info("loaded %s in %.1fs", model_dir, time.perf_counter() - start)
         model = LlamaRewardModel(cfg, weights, max_position=max_model_len)
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
@@ -347,21 +347,3 @@ class RewardEngine:
                 "model's tokenizer files into the checkpoint directory"
             )
         return self.chat
-
-
-def _to_device(weights, device):
-    from dataclasses import fields
-
-    def move(obj):
-        return replace(
-            obj,
-            **{
-                f.name: getattr(obj, f.name).to(device)
-                for f in fields(obj)
-                if isinstance(getattr(obj, f.name), torch.Tensor)
-            },
-        )
-
-    moved = move(weights)
-    moved.layers = [move(layer) for layer in weights.layers]
-    return moved

@@ -3,7 +3,7 @@
 The forward pass matches HF transformers' LlamaForSequenceClassification /
 LlamaForCausalLM (modeling_llama.py) layer by layer, with three differences that
 do not change the result:
-  - q|k|v and gate|up are fused matmuls (weights fused at load);
+  - q|k|v and gate|up are fused matmuls (weights fused at load or build time);
   - the residual add is fused into the next RMSNorm (`fused_add_rms_norm`);
   - the final layer computes attention output, o_proj and the MLP only for each
     sequence's last token: no other token's hidden state reaches the reward head.
@@ -13,6 +13,11 @@ of all new tokens (`rope_and_cache`) and attends over the cache
 tokens came from an earlier step or from the prefix cache. A chunk that does not
 end its sequence needs no output at all: in the final layer its tokens only write
 their keys and values.
+
+The linear layers are whatever the weights hold (engine/linear.py): dense, FP8 or
+INT8 W8A8. A quantized layer's input is quantized by the kernel that produces it
+(RMSNorm before q|k|v and gate|up, SiLU-mul before down), with the layer's static
+scale or per token; only o_proj's input, the attention output, is quantized apart.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import kernels
 
 from .checkpoint import LayerWeights, ModelWeights
 from .config import ModelConfig
+from .linear import QUANTIZED_DTYPES, QuantizedActivation
 
 
 @dataclass(slots=True)
@@ -54,15 +60,6 @@ class BatchMetadata:
     @property
     def num_outputs(self) -> int:
         return self.last_token_indices.shape[0]
-
-
-def _linear(x, weight, bias, out=None):
-    """x @ weight^T (+ bias); written into ``out`` (a reused step buffer) when given."""
-    if out is None:
-        return F.linear(x, weight, bias)
-    if bias is None:
-        return torch.mm(x, weight.t(), out=out)
-    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 class LlamaRewardModel:
@@ -99,7 +96,7 @@ class LlamaRewardModel:
     ):
         cfg = self.cfg
         t = x.shape[0]
-        qkv = _linear(x, layer.qkv, layer.qkv_bias, self._buffer("qkv", t, layer.qkv.shape[0]))
+        qkv = layer.qkv(x, self._buffer("qkv", t, layer.qkv.out_features))
         q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
@@ -120,20 +117,16 @@ class LlamaRewardModel:
             )  # fmt: skip
         # x (the layer input, in the "hidden" buffer) is dead once qkv exists.
         hidden = None if last_only else self._buffer("hidden", t, cfg.hidden_size)
-        return _linear(out.reshape(out.shape[0], cfg.q_size), layer.o_proj, layer.o_bias, hidden)
+        return layer.o_proj(out.reshape(out.shape[0], cfg.q_size), hidden)
 
     def _mlp(self, layer: LayerWeights, x, reuse: bool):
         """SwiGLU MLP. With ``reuse``, the output overwrites the "hidden" buffer (x's)."""
         rows = x.shape[0]
-        if not reuse:
-            gate_up = _linear(x, layer.gate_up, layer.gate_up_bias)
-            return _linear(kernels.silu_mul(gate_up), layer.down, layer.down_bias)
-        inter = layer.down.shape[1]
-        gate_up = _linear(
-            x, layer.gate_up, layer.gate_up_bias, self._buffer("gate_up", rows, 2 * inter)
-        )
-        act = kernels.silu_mul(gate_up, out=self._buffer("act", rows, inter))
-        return _linear(act, layer.down, layer.down_bias, self._buffer("hidden", rows, x.shape[1]))
+        inter = layer.gate_up.out_features // 2
+        gate_up = layer.gate_up(x, self._buffer("gate_up", rows, 2 * inter) if reuse else None)
+        act = _activation(gate_up, layer.down, self._buffer("act", rows, inter) if reuse else None)
+        hidden = self._buffer("hidden", rows, self.cfg.hidden_size) if reuse else None
+        return layer.down(act, hidden)
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
@@ -144,9 +137,8 @@ class LlamaRewardModel:
         layers = self.w.layers
         residual = F.embedding(input_ids, self.w.embed)
         rows = input_ids.shape[0]
-        x = kernels.rms_norm(
-            residual, layers[0].input_norm, eps, out=self._buffer("hidden", rows, residual.shape[1])
-        )
+        hidden = self._buffer("hidden", rows, residual.shape[1])
+        x = _norm(residual, None, layers[0].input_norm, eps, layers[0].qkv, hidden)
         for i, layer in enumerate(layers):
             last = i == len(layers) - 1
             attn = self._attention(
@@ -157,10 +149,11 @@ class LlamaRewardModel:
             if last:
                 residual = residual[meta.last_token_indices]
             # Norms run in place: each output overwrites its input buffer.
-            x = kernels.fused_add_rms_norm(attn, residual, layer.post_norm, eps, out=attn)
+            x = _norm(attn, residual, layer.post_norm, eps, layer.gate_up, attn)
             mlp = self._mlp(layer, x, reuse=not last)
-            next_norm = self.w.final_norm if last else layers[i + 1].input_norm
-            x = kernels.fused_add_rms_norm(mlp, residual, next_norm, eps, out=mlp)
+            if last:
+                return kernels.fused_add_rms_norm(mlp, residual, self.w.final_norm, eps, out=mlp)
+            x = _norm(mlp, residual, layers[i + 1].input_norm, eps, layers[i + 1].qkv, mlp)
         return x
 
     @torch.inference_mode()
@@ -172,3 +165,31 @@ class LlamaRewardModel:
         """
         hidden = self.hidden_states(input_ids, meta, kv_cache)
         return F.linear(hidden, self.w.head).float()
+
+
+def _norm(x, residual, weight, eps, consumer, out):
+    """RMSNorm of x (of x + residual, updating residual, when given) in the form the
+    consuming linear layer takes: quantized in the same kernel for W8A8 layers (with
+    their static scale, or per token), else in the compute dtype, into ``out``."""
+    if consumer.quantization is None:
+        if residual is None:
+            return kernels.rms_norm(x, weight, eps, out=out)
+        return kernels.fused_add_rms_norm(x, residual, weight, eps, out=out)
+    qdtype, scale = _quant_target(consumer)
+    if residual is None:
+        codes, scale = kernels.rms_norm_quant(x, weight, eps, qdtype, scale)
+    else:
+        codes, scale = kernels.fused_add_rms_norm_quant(x, residual, weight, eps, qdtype, scale)
+    return QuantizedActivation(codes, scale)
+
+
+def _activation(gate_up, consumer, out):
+    """silu(gate) * up in the form the down projection takes (see _norm)."""
+    if consumer.quantization is None:
+        return kernels.silu_mul(gate_up, out=out)
+    qdtype, scale = _quant_target(consumer)
+    return QuantizedActivation(*kernels.silu_mul_quant(gate_up, qdtype, scale))
+
+
+def _quant_target(layer):
+    return QUANTIZED_DTYPES[layer.quantization], layer.input_scale

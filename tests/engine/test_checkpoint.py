@@ -22,9 +22,9 @@ def test_qkv_and_gate_up_are_fused_in_checkpoint_order(make_tiny_checkpoint):
         q, k, v = (f.get_tensor(f"model.layers.1.self_attn.{n}_proj.weight").float() for n in "qkv")
         gate = f.get_tensor("model.layers.1.mlp.gate_proj.weight").float()
         up = f.get_tensor("model.layers.1.mlp.up_proj.weight").float()
-    assert torch.equal(w.layers[1].qkv, torch.cat([q, k, v]))
-    assert torch.equal(w.layers[1].gate_up, torch.cat([gate, up]))
-    assert w.layers[1].qkv.dtype == torch.float32 and len(w.layers) == cfg.num_layers
+    assert torch.equal(w.layers[1].qkv.weight, torch.cat([q, k, v]))
+    assert torch.equal(w.layers[1].gate_up.weight, torch.cat([gate, up]))
+    assert w.layers[1].qkv.weight.dtype == torch.float32 and len(w.layers) == cfg.num_layers
 
 
 def test_sharded_checkpoint_reads_every_tensor_through_the_index(make_tiny_checkpoint):
