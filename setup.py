@@ -55,6 +55,9 @@ ISA_FLAGS = {
     "csrc/cpu/kernels_avx2.cpp": AVX2_FLAGS,
     "csrc/cpu/kernels_avx512.cpp": AVX512_FLAGS,
     "csrc/cpu/kernels_avx512_bf16.cpp": AVX512_FLAGS + ["-mavx512bf16"],
+    "csrc/cpu/int8_gemm_avx2.cpp": AVX2_FLAGS,
+    "csrc/cpu/int8_gemm_avx512_vnni.cpp": AVX512_FLAGS + ["-mavx512vnni"],
+    "csrc/cpu/int8_gemm_amx.cpp": AVX512_FLAGS + ["-mamx-tile", "-mamx-int8"],
 }
 DEFAULT_CUDA_ARCHS = "80;89;90a"
 

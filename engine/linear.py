@@ -76,7 +76,9 @@ class QuantizedLinear:
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}"
+            )
         want = QUANTIZED_DTYPES[self.quantization]
         if self.weight.dtype != want:
             raise ValueError(f"{self.quantization} weight must be {want}, got {self.weight.dtype}")

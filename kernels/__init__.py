@@ -6,11 +6,12 @@ module kernels._C), `cuda` (CUDA C++ in csrc/cuda, module kernels._C_cuda), `tri
 tolerances are in kernels/README.md.
 """
 
-from .activation import silu_mul
+from .activation import silu_mul, silu_mul_quant
 from .backend import BACKENDS, BackendUnavailableError
 from .backend import available_backends as _available_backends
 from .fp8 import fp8_gemm, fp8_quantize
-from .norm import fused_add_rms_norm, rms_norm
+from .int8 import Int8PackedWeight, int8_gemm, int8_gemm_isa, int8_quantize, prepack_int8_weight
+from .norm import fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_quant
 from .paged_attention import paged_prefill_attention
 from .rope import compute_cos_sin_cache, rope, rope_and_cache
 
@@ -29,9 +30,17 @@ __all__ = [
     "fp8_gemm",
     "fp8_quantize",
     "fused_add_rms_norm",
+    "fused_add_rms_norm_quant",
+    "Int8PackedWeight",
+    "int8_gemm",
+    "int8_gemm_isa",
+    "int8_quantize",
+    "prepack_int8_weight",
     "paged_prefill_attention",
     "rms_norm",
+    "rms_norm_quant",
     "rope",
     "rope_and_cache",
     "silu_mul",
+    "silu_mul_quant",
 ]

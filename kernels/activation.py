@@ -7,6 +7,14 @@ import torch.nn.functional as F
 
 from . import custom_ops
 from ._checks import check_dtype, check_same, rows_view
+from ._quant import (
+    QTYPE_CODES,
+    as_static_scale,
+    check_qdtype,
+    native_outputs,
+    quantize_reference,
+    shaped_scale,
+)
 from .backend import Op, triton_impl
 from .fp8 import FP8_DTYPE, fp8_quantize_reference, static_scale
 
@@ -64,6 +72,26 @@ SILU_MUL_FP8 = Op(
 )
 
 
+def silu_mul_quant_reference(x: torch.Tensor, qdtype, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize(silu_mul_reference(x)) with the static per-tensor scale, else per row."""
+    return quantize_reference(silu_mul_reference(x), qdtype, scale)
+
+
+def silu_mul_quant_native(x: torch.Tensor, qdtype, scale):
+    inter = x.shape[-1] // 2
+    shape = (*x.shape[:-1], inter)
+    x2 = rows_view("silu_mul", "x", x, 2 * inter, writable=False)
+    codes, raw, buf, dynamic = native_outputs(shape, qdtype, scale, x.device)
+    if x2.shape[0]:
+        custom_ops.silu_mul_quant(raw, x2, buf, QTYPE_CODES[qdtype], dynamic)
+    return codes, shaped_scale(buf, dynamic, shape)
+
+
+SILU_MUL_QUANT = Op(
+    "silu_mul_quant", {"reference": silu_mul_quant_reference, "cpu": silu_mul_quant_native}
+)
+
+
 SILU_MUL = Op(
     "silu_mul",
     {
@@ -98,3 +126,29 @@ def silu_mul(
         scale = static_scale("silu_mul", fp8_scale, x, out)
         return SILU_MUL_FP8.select(x.device, backend)(x, scale)
     return SILU_MUL.select(x.device, backend)(x, out)
+
+
+def silu_mul_quant(
+    x: torch.Tensor,
+    qdtype: torch.dtype,
+    scale: torch.Tensor | float | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu_mul(x) quantized for a W8A8 GEMM: (codes, scale), as kernels.rms_norm_quant
+    (static per-tensor scale, or one per row when scale is None)."""
+    check_dtype("silu_mul", "x", x)
+    if x.dim() == 0 or x.shape[-1] == 0 or x.shape[-1] % 2:
+        raise ValueError(f"silu_mul: last dim must be 2 * I > 0; got shape {tuple(x.shape)}")
+    check_qdtype("silu_mul_quant", qdtype)
+    scale = as_static_scale("silu_mul_quant", scale, x.device)
+    on_gpu_without_kernel = (
+        backend is None and x.device.type != "cpu" and SILU_MUL_QUANT.choose(x.device)[0] == "reference"
+    )
+    if on_gpu_without_kernel:
+        if qdtype == FP8_DTYPE and scale is not None:
+            return silu_mul(x, fp8_scale=scale), scale
+        from .norm import _quantize_apart
+
+        return _quantize_apart(silu_mul(x), qdtype, scale)
+    return SILU_MUL_QUANT.select(x.device, backend)(x, qdtype, scale)

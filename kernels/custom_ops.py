@@ -182,6 +182,60 @@ def fp8_gemm(
     )  # fmt: skip
 
 
+@_define("rms_norm_quant", ("out", "scale"))
+def rms_norm_quant(
+    out: Tensor, x: Tensor, weight: Tensor, eps: float, scale: Tensor, qtype: int, dynamic: bool
+) -> None:
+    """qtype 0: E4M3 codes (uint8 view), 1: int8; dynamic: one scale per row is written."""
+    _call(
+        "rms_norm_quant", x, out.data_ptr(), x.data_ptr(), weight.data_ptr(), x.shape[0],
+        x.shape[1], out.stride(0), x.stride(0), eps, scale.data_ptr(), qtype, dynamic, _code(x),
+    )  # fmt: skip
+
+
+@_define("fused_add_rms_norm_quant", ("out", "residual", "scale"))
+def fused_add_rms_norm_quant(
+    out: Tensor, x: Tensor, residual: Tensor, weight: Tensor, eps: float, scale: Tensor,
+    qtype: int, dynamic: bool,
+) -> None:  # fmt: skip
+    _call(
+        "fused_add_rms_norm_quant", x, out.data_ptr(), x.data_ptr(), residual.data_ptr(),
+        weight.data_ptr(), x.shape[0], x.shape[1], out.stride(0), x.stride(0),
+        residual.stride(0), eps, scale.data_ptr(), qtype, dynamic, _code(x),
+    )  # fmt: skip
+
+
+@_define("silu_mul_quant", ("out", "scale"))
+def silu_mul_quant(out: Tensor, x: Tensor, scale: Tensor, qtype: int, dynamic: bool) -> None:
+    _call(
+        "silu_mul_quant", x, out.data_ptr(), x.data_ptr(), x.shape[0], out.shape[1],
+        out.stride(0), x.stride(0), scale.data_ptr(), qtype, dynamic, _code(x),
+    )  # fmt: skip
+
+
+@_define("int8_quantize", ("out", "scale"))
+def int8_quantize(out: Tensor, x: Tensor, scale: Tensor, granularity: int, dynamic: bool) -> None:
+    """granularity 0 tensor, 1 token; dynamic: scale is written, else read."""
+    _call(
+        "int8_quantize", x, out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], out.stride(0),
+        x.stride(0), scale.data_ptr(), granularity, dynamic, _code(x),
+    )  # fmt: skip
+
+
+@_define("int8_gemm", ("out",))
+def int8_gemm(
+    out: Tensor, a: Tensor, packed: Tensor, colsum: Tensor, a_scale: Tensor, b_scale: Tensor,
+    bias: Tensor | None, n: int, k: int,
+) -> None:  # fmt: skip
+    """packed and colsum from kernels._C.int8_pack_weight of the [n, k] weight."""
+    _call(
+        "int8_gemm", a, out.data_ptr(), out.stride(0), a.data_ptr(), a.stride(0),
+        packed.data_ptr(), colsum.data_ptr(), a.shape[0], n, k, a_scale.data_ptr(),
+        a_scale.numel() != 1, b_scale.data_ptr(), b_scale.numel() != 1,
+        0 if bias is None else bias.data_ptr(), _code(out),
+    )  # fmt: skip
+
+
 def ops() -> torch._ops._OpNamespace:
     """torch.ops.reward_engine (every op above is registered once this module is imported)."""
     return torch.ops.reward_engine

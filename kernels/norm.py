@@ -11,6 +11,14 @@ import torch
 
 from . import custom_ops
 from ._checks import check_dtype, check_same, rows_view
+from ._quant import (
+    QTYPE_CODES,
+    as_static_scale,
+    check_qdtype,
+    native_outputs,
+    quantize_reference,
+    shaped_scale,
+)
 from .backend import Op, triton_impl
 from .fp8 import FP8_DTYPE, fp8_quantize_reference, static_scale
 
@@ -109,6 +117,51 @@ def fused_add_rms_norm_fp8_native(x, residual, weight, eps, scale):
     if x2.shape[0]:
         custom_ops.fused_add_rms_norm_fp8(out2.view(torch.uint8), x2, r2, weight, float(eps), scale)
     return out
+
+
+def rms_norm_quant_reference(x, weight, eps, qdtype, scale):
+    """quantize(rms_norm_reference(x, weight, eps)): with the static per-tensor scale,
+    else per row (fp8_quantize / int8_quantize numerics)."""
+    return quantize_reference(rms_norm_reference(x, weight, eps), qdtype, scale)
+
+
+def fused_add_rms_norm_quant_reference(x, residual, weight, eps, qdtype, scale):
+    y = fused_add_rms_norm_reference(x, residual, weight, eps)
+    return quantize_reference(y, qdtype, scale)
+
+
+def rms_norm_quant_native(x, weight, eps, qdtype, scale):
+    """One pass: rows into a small scratch buffer, then their codes (and row scales)."""
+    hidden = weight.shape[0]
+    x2 = rows_view("rms_norm", "x", x, hidden, writable=False)
+    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device)
+    if x2.shape[0]:
+        custom_ops.rms_norm_quant(raw, x2, weight, float(eps), buf, QTYPE_CODES[qdtype], dynamic)
+    return codes, shaped_scale(buf, dynamic, tuple(x.shape))
+
+
+def fused_add_rms_norm_quant_native(x, residual, weight, eps, qdtype, scale):
+    hidden = weight.shape[0]
+    x2 = rows_view("fused_add_rms_norm", "x", x, hidden, writable=False)
+    r2 = rows_view("fused_add_rms_norm", "residual", residual, hidden, writable=True)
+    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device)
+    if x2.shape[0]:
+        custom_ops.fused_add_rms_norm_quant(
+            raw, x2, r2, weight, float(eps), buf, QTYPE_CODES[qdtype], dynamic
+        )
+    return codes, shaped_scale(buf, dynamic, tuple(x.shape))
+
+
+# The quantized-output norms have a cpu kernel; on GPUs a static FP8 scale takes the
+# FP8-output kernels above (cuda, triton) and everything else runs the norm kernel,
+# then the quantize kernel (see _quantized_norm).
+RMS_NORM_QUANT = Op(
+    "rms_norm_quant", {"reference": rms_norm_quant_reference, "cpu": rms_norm_quant_native}
+)
+FUSED_ADD_RMS_NORM_QUANT = Op(
+    "fused_add_rms_norm_quant",
+    {"reference": fused_add_rms_norm_quant_reference, "cpu": fused_add_rms_norm_quant_native},
+)
 
 
 RMS_NORM_FP8 = Op(
@@ -227,3 +280,77 @@ def fused_add_rms_norm(
         impl = FUSED_ADD_RMS_NORM_FP8.select(x.device, backend)
         return impl(x, residual, weight, eps, scale)
     return FUSED_ADD_RMS_NORM.select(x.device, backend)(x, residual, weight, eps, out)
+
+
+def rms_norm_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    qdtype: torch.dtype,
+    scale: torch.Tensor | float | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm(x, weight, eps) quantized for a W8A8 GEMM: (codes, scale).
+
+    qdtype: torch.float8_e4m3fn or torch.int8. With a static per-tensor `scale` the
+    codes are fp8_quantize / int8_quantize of the activation-dtype result with it
+    (the scale is returned as given); without one, one scale per row is computed
+    (returned [..., 1]). Computed in one pass where a fused kernel exists.
+    """
+    weight = _check_weight("rms_norm", x, weight)
+    check_qdtype("rms_norm_quant", qdtype)
+    scale = as_static_scale("rms_norm_quant", scale, x.device)
+    fused = _fused_choice(RMS_NORM_QUANT, x, qdtype, scale, backend)
+    if fused == "fp8_static":
+        return rms_norm(x, weight, eps, fp8_scale=scale), scale
+    if fused == "separate":
+        return _quantize_apart(rms_norm(x, weight, eps), qdtype, scale)
+    return RMS_NORM_QUANT.select(x.device, backend)(x, weight, eps, qdtype, scale)
+
+
+def fused_add_rms_norm_quant(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    qdtype: torch.dtype,
+    scale: torch.Tensor | float | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual <- x + residual (in place); returns rms_norm(residual) quantized as in
+    rms_norm_quant: (codes, scale)."""
+    weight = _check_weight("fused_add_rms_norm", x, weight)
+    check_same("fused_add_rms_norm", "x", x, residual=residual)
+    if residual.shape != x.shape:
+        raise ValueError(
+            f"fused_add_rms_norm: residual {tuple(residual.shape)} must match x {tuple(x.shape)}"
+        )
+    check_qdtype("fused_add_rms_norm_quant", qdtype)
+    scale = as_static_scale("fused_add_rms_norm_quant", scale, x.device)
+    fused = _fused_choice(FUSED_ADD_RMS_NORM_QUANT, x, qdtype, scale, backend)
+    if fused == "fp8_static":
+        return fused_add_rms_norm(x, residual, weight, eps, fp8_scale=scale), scale
+    if fused == "separate":
+        return _quantize_apart(fused_add_rms_norm(x, residual, weight, eps), qdtype, scale)
+    return FUSED_ADD_RMS_NORM_QUANT.select(x.device, backend)(
+        x, residual, weight, eps, qdtype, scale
+    )
+
+
+def _fused_choice(op: Op, x, qdtype, scale, backend) -> str | None:
+    """None to run `op` as dispatch picks; on devices where it has no fused kernel,
+    "fp8_static" (the FP8-output kernels) or "separate" (norm, then quantize)."""
+    if backend is not None or x.device.type == "cpu" or op.choose(x.device)[0] != "reference":
+        return None
+    return "fp8_static" if qdtype == FP8_DTYPE and scale is not None else "separate"
+
+
+def _quantize_apart(y: torch.Tensor, qdtype, scale):
+    from .fp8 import fp8_quantize
+    from .int8 import int8_quantize
+
+    if qdtype == FP8_DTYPE:
+        return fp8_quantize(y, scale, "tensor" if scale is not None else "token")
+    return int8_quantize(y, scale, "tensor" if scale is not None else "token")

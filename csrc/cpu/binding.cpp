@@ -68,6 +68,33 @@ PYBIND11_MODULE(_C, m) {
         py::arg("rows"), py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"),
         py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
 
+  m.def("rms_norm_quant", &cpu::rms_norm_quant, release(), py::arg("out"), py::arg("x"),
+        py::arg("weight"), py::arg("rows"), py::arg("hidden"), py::arg("out_stride"),
+        py::arg("x_stride"), py::arg("eps"), py::arg("scale"), py::arg("qtype"),
+        py::arg("dynamic"), py::arg("dtype"), py::arg("num_threads"));
+  m.def("fused_add_rms_norm_quant", &cpu::fused_add_rms_norm_quant, release(), py::arg("out"),
+        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("rows"), py::arg("hidden"),
+        py::arg("out_stride"), py::arg("x_stride"), py::arg("residual_stride"), py::arg("eps"),
+        py::arg("scale"), py::arg("qtype"), py::arg("dynamic"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("silu_mul_quant", &cpu::silu_mul_quant, release(), py::arg("out"), py::arg("x"),
+        py::arg("rows"), py::arg("inter"), py::arg("out_stride"), py::arg("x_stride"),
+        py::arg("scale"), py::arg("qtype"), py::arg("dynamic"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("int8_quantize", &cpu::int8_quantize, release(), py::arg("out"), py::arg("x"),
+        py::arg("rows"), py::arg("cols"), py::arg("out_stride"), py::arg("x_stride"),
+        py::arg("scale"), py::arg("granularity"), py::arg("dynamic"), py::arg("dtype"),
+        py::arg("num_threads"));
+  m.def("int8_pack_weight", &cpu::int8_pack_weight, release(), py::arg("packed"),
+        py::arg("colsum"), py::arg("b"), py::arg("n"), py::arg("k"), py::arg("b_stride"));
+  m.def("int8_gemm", &cpu::int8_gemm, release(), py::arg("out"), py::arg("out_stride"),
+        py::arg("a"), py::arg("a_stride"), py::arg("b"), py::arg("colsum"), py::arg("m"),
+        py::arg("n"), py::arg("k"), py::arg("a_scale"), py::arg("a_per_token"),
+        py::arg("b_scale"), py::arg("b_per_channel"), py::arg("bias"), py::arg("out_dtype"),
+        py::arg("num_threads"));
+  m.def("int8_gemm_isa", &cpu::int8_gemm_isa,
+        "The int8_gemm kernel this CPU runs (amx, avx512_vnni, avx2 or scalar)");
+
   m.def("use_process_openmp", &cpu::use_process_openmp,
         "Run parallel loops on the OpenMP runtime already loaded (torch's); returns its path "
         "or '' when none is loaded");

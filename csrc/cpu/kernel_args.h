@@ -86,6 +86,27 @@ struct Fp8GemmArgs {
   int64_t k;
 };
 
+// int8_gemm: out [m, n] = (A @ B^T) * a_scale * b_scale + bias, A int8 [m, k]
+// (row stride a_stride), B packed as int8_kernels.h describes (with colsum).
+struct Int8GemmArgs {
+  const int8_t* a;
+  int64_t a_stride;
+  const int8_t* b;
+  const int32_t* colsum;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t k_pad;
+  const float* a_scale;
+  bool a_per_token;
+  const float* b_scale;
+  bool b_per_channel;
+  const void* bias;  // [n] in out_dtype, or null
+  void* out;
+  int64_t out_stride;
+  int out_dtype;
+};
+
 // A kernel processes rows (or tokens) [begin, end); launchers split the range
 // across threads.
 using NormRowsFn = void (*)(const NormArgs&, int64_t begin, int64_t end);
@@ -94,6 +115,11 @@ using SiluMulRowsFn = void (*)(const SiluMulArgs&, int64_t begin, int64_t end);
 using AttentionFn = void (*)(const AttentionArgs&, const AttentionUnit* units, int64_t begin,
                              int64_t end);
 using Fp8GemmPanelFn = void (*)(const Fp8GemmArgs&, int64_t n0, float* c, float* packed_b);
+// Rows [m0, m1) of out for the 16-column groups [g0, g1) of the packed B.
+using Int8GemmFn = void (*)(const Int8GemmArgs&, int64_t m0, int64_t m1, int64_t g0, int64_t g1);
+// out[j] = q(x[j] / scale[j * scale_step]), symmetric int8 (int8_kernels.h).
+using Int8QuantizeRowFn = void (*)(int8_t* out, const void* x, const float* scale,
+                                   int64_t scale_step, int64_t n);
 
 // FP8 quantization of one row whose elements have the table entry's dtype:
 // out[j] = e4m3(x[j] / scale[j * scale_step]).
@@ -115,6 +141,7 @@ struct KernelTable {
   Fp8QuantizeRowFn fp8_quantize_row[3];
   RowAmaxFn row_amax[3];
   ColAmaxFn col_amax[3];
+  Int8QuantizeRowFn int8_quantize_row[3];
 };
 
 const KernelTable& scalar_kernels();

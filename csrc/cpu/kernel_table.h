@@ -5,6 +5,7 @@
 #include "activation_kernels.h"
 #include "attention_kernels.h"
 #include "fp8_kernels.h"
+#include "int8_kernels.h"
 #include "kernel_args.h"
 #include "norm_kernels.h"
 #include "rope_kernels.h"
@@ -28,6 +29,7 @@ constexpr KernelTable make_kernel_table() {
       {&quantize_row_of<float>, &quantize_row_of<bf16>, &quantize_row_of<fp16>},
       {&row_amax_of<float>, &row_amax_of<bf16>, &row_amax_of<fp16>},
       {&col_amax_of<float>, &col_amax_of<bf16>, &col_amax_of<fp16>},
+      {&int8_quantize_row_of<float>, &int8_quantize_row_of<bf16>, &int8_quantize_row_of<fp16>},
   };
 }
 

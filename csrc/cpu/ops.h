@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace reward_engine::cpu {
 
@@ -74,6 +75,43 @@ void fp8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride, 
               int64_t b_stride, int64_t m, int64_t n, int64_t k, uintptr_t a_scale,
               bool a_per_token, uintptr_t b_scale, bool b_per_channel, uintptr_t bias,
               int out_dtype, int num_threads);
+
+// Quantized-output forms (quant_fused.cpp): the same results in the activation
+// dtype, then quantized to E4M3 (qtype kQuantFp8, uint8 codes) or symmetric
+// int8 (kQuantInt8) with the static per-tensor scale at `scale` or, when
+// `dynamic`, one scale per row written to scale[row] (largest finite |y| / qmax).
+enum QuantType : int { kQuantFp8 = 0, kQuantInt8 = 1 };
+void rms_norm_quant(uintptr_t out, uintptr_t x, uintptr_t weight, int64_t rows, int64_t hidden,
+                    int64_t out_stride, int64_t x_stride, double eps, uintptr_t scale, int qtype,
+                    bool dynamic, int dtype, int num_threads);
+void fused_add_rms_norm_quant(uintptr_t out, uintptr_t x, uintptr_t residual, uintptr_t weight,
+                              int64_t rows, int64_t hidden, int64_t out_stride, int64_t x_stride,
+                              int64_t residual_stride, double eps, uintptr_t scale, int qtype,
+                              bool dynamic, int dtype, int num_threads);
+void silu_mul_quant(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t out_stride,
+                    int64_t x_stride, uintptr_t scale, int qtype, bool dynamic, int dtype,
+                    int num_threads);
+
+// Symmetric int8 quantization of x [rows, cols] into out (int8 codes, row stride
+// out_stride) with fp32 scales: granularity 0 (scale[0]) or 1 (scale[rows]);
+// dynamic: computed (largest finite |x| / 127) and written, else read.
+void int8_quantize(uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, int64_t out_stride,
+                   int64_t x_stride, uintptr_t scale, int granularity, bool dynamic, int dtype,
+                   int num_threads);
+
+// B [n, k] int8 (row stride b_stride) into the packed layout of int8_kernels.h
+// (ceil(n/16) * ceil(k/64) * 1024 bytes) and colsum [ceil(n/16) * 16] int32.
+void int8_pack_weight(uintptr_t packed, uintptr_t colsum, uintptr_t b, int64_t n, int64_t k,
+                      int64_t b_stride);
+
+// out [m, n] (out_dtype) = float(A @ B^T) * (a_scale * b_scale) + bias with A [m, k]
+// int8 (unit stride along k), B packed by int8_pack_weight; scales and bias as
+// in fp8_gemm. The kernel follows int8_gemm_isa().
+void int8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride, uintptr_t b,
+               uintptr_t colsum, int64_t m, int64_t n, int64_t k, uintptr_t a_scale,
+               bool a_per_token, uintptr_t b_scale, bool b_per_channel, uintptr_t bias,
+               int out_dtype, int num_threads);
+std::string int8_gemm_isa();
 
 // FP8 output forms: the same results in the activation dtype, then quantized
 // to E4M3 codes (uint8, row stride out_stride) with the static per-tensor

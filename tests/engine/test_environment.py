@@ -45,8 +45,16 @@ def test_forcing_a_lower_isa_and_a_backend_shows_in_the_report(monkeypatch):
 def test_env_command_prints_text_and_json(capsys):
     assert main(["env"]) == 0
     text = capsys.readouterr().out
-    for heading in ("CPU ", "ISA flags", "C++ kernels", "torch ", "dtype auto   cpu:",
-                    "kernel backends per op:", "paged_prefill_attention", "CPU KV pool"):
+    for heading in (
+        "CPU ",
+        "ISA flags",
+        "C++ kernels",
+        "torch ",
+        "dtype auto   cpu:",
+        "kernel backends per op:",
+        "paged_prefill_attention",
+        "CPU KV pool",
+    ):
         assert heading in text, heading
     assert main(["env", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -134,3 +134,32 @@ def test_public_ops_trace_with_torch_compile():
     except Exception as exc:  # no working compiler stack on this build
         pytest.skip(f"torch.compile is not usable here: {type(exc).__name__}: {exc}")
     torch.testing.assert_close(got, f(x, w), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qtype,dynamic", [(0, False), (0, True), (1, False), (1, True)])
+def test_quantized_output_ops(qtype, dynamic):
+    """CPU only: the quantized-output kernels exist in kernels._C (GPUs take the FP8-output
+    ops above, or the op followed by a quantize op)."""
+    rows, hidden = 7, 40
+    x, r, w = randn(rows, hidden), randn(rows, hidden, seed=1), randn(hidden, seed=2)
+    out = torch.empty(rows, hidden, dtype=torch.uint8 if qtype == 0 else torch.int8)
+    scale = torch.empty(rows) if dynamic else torch.tensor(0.02)
+    opcheck(custom_ops.rms_norm_quant, out, x, w, 1e-5, scale, qtype, dynamic)
+    opcheck(custom_ops.fused_add_rms_norm_quant, out, x, r, w, 1e-5, scale, qtype, dynamic)
+    gate_up = randn(rows, 2 * hidden, seed=3)
+    opcheck(custom_ops.silu_mul_quant, out, gate_up, scale, qtype, dynamic)
+
+
+@pytest.mark.parametrize("granularity,dynamic", [(0, True), (1, True), (0, False)])
+def test_int8_ops(granularity, dynamic):
+    x = randn(6, 40, dtype=torch.bfloat16)
+    scale = torch.full({0: (), 1: (6, 1)}[granularity], 0.01)
+    opcheck(custom_ops.int8_quantize, torch.empty(6, 40, dtype=torch.int8), x, scale,
+            granularity, dynamic)  # fmt: skip
+    m, n, k = 5, 20, 70
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    w = kernels.prepack_int8_weight(torch.randint(-127, 128, (n, k), dtype=torch.int8))
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    bias = randn(n, dtype=torch.bfloat16)
+    opcheck(custom_ops.int8_gemm, out, a, w.packed, w.colsum, torch.rand(m), torch.rand(n),
+            bias, n, k)  # fmt: skip

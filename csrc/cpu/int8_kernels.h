@@ -1,0 +1,115 @@
+// Symmetric INT8 kernels shared by every ISA: quantize one row, the GEMM's
+// packed weight layout, and the GEMM epilogue. The ISA-specific GEMM inner
+// loops live in int8_gemm_<isa>.cpp; this header only holds plain loops that
+// each translation unit's -m flags vectorize.
+//
+// Quantize: q = round_half_even(clamp(x / scale, -127, 127)) with x widened to
+// fp32, the division in fp32, NaN -> 0 (bit-identical to the reference in
+// kernels/int8.py).
+//
+// Packed weight (int8_pack_weight): B [n, k] as ceil(n/16) groups of 16 rows;
+// each group holds k_pad / 4 rows of 64 bytes, row r = for each of the 16
+// columns, its four k values 4r..4r+3 (k_pad = k rounded up to 64, zeros past
+// n and k). That is exactly the B operand of AMX TDPBSSD (16 x 64-byte tile
+// rows per 64 k) and of AVX512-VNNI VPDPBUSD (one zmm = 16 columns x 4 k).
+// colsum[n] = sum_k B[n, k], for kernels that bias the activations to unsigned.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.h"
+#include "kernel_args.h"
+
+namespace reward_engine::cpu {
+
+constexpr int64_t kInt8PackN = 16;
+constexpr int64_t kInt8PackK = 64;
+
+inline int64_t int8_k_pad(int64_t k) { return (k + kInt8PackK - 1) / kInt8PackK * kInt8PackK; }
+inline int64_t int8_n_pad(int64_t n) { return (n + kInt8PackN - 1) / kInt8PackN * kInt8PackN; }
+
+// Byte offset of (column group g, k4 row r) in the packed weight.
+inline int64_t int8_packed_offset(int64_t g, int64_t r, int64_t k_pad) {
+  return (g * (k_pad / 4) + r) * 64;
+}
+
+namespace {  // internal linkage: see dtype.h
+
+// out[j] = q(x[j] / scale[j * scale_step]) (step 0: one scale). The rounding adds
+// and subtracts 1.5 * 2^23, which rounds a value of magnitude <= 127 to the
+// nearest integer (ties to even) in the default rounding mode; -ffp-contract=off
+// keeps the two operations apart.
+template <class T>
+void int8_quantize_row(int8_t* __restrict__ out, const T* __restrict__ x,
+                       const float* __restrict__ scale, int64_t scale_step, int64_t n) {
+  constexpr float kMagic = 12582912.0f;
+  auto q = [](float v) {
+    v = v == v ? v : 0.0f;  // NaN -> 0
+    v = v > 127.0f ? 127.0f : v;
+    v = v < -127.0f ? -127.0f : v;
+    return int8_t(int32_t((v + kMagic) - kMagic));
+  };
+  if (scale_step == 0) {
+    const float s = scale[0];
+    for (int64_t j = 0; j < n; ++j) out[j] = q(to_float(x[j]) / s);
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = q(to_float(x[j]) / scale[j]);
+  }
+}
+
+template <class T>
+void int8_quantize_row_of(int8_t* out, const void* x, const float* scale, int64_t scale_step,
+                          int64_t n) {
+  int8_quantize_row(out, static_cast<const T*>(x), scale, scale_step, n);
+}
+
+// out[j] = float(acc[j]) * (sa * b_scale[n0 + j]) + bias[n0 + j], for one output
+// row of `count` columns starting at column n0, rounded to T.
+template <class T>
+void int8_epilogue_row(T* __restrict__ out, const int32_t* __restrict__ acc, int64_t count,
+                       int64_t n0, float sa, const float* __restrict__ b_scale,
+                       bool per_channel, const T* __restrict__ bias) {
+  if (per_channel) {
+    const float* sb = b_scale + n0;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < count; ++j) {
+        store_float(out + j, float(acc[j]) * (sa * sb[j]) + to_float(bias[n0 + j]));
+      }
+    } else {
+      for (int64_t j = 0; j < count; ++j) store_float(out + j, float(acc[j]) * (sa * sb[j]));
+    }
+  } else {
+    const float s = sa * b_scale[0];
+    for (int64_t j = 0; j < count; ++j) {
+      float v = float(acc[j]) * s;
+      if (bias != nullptr) v = v + to_float(bias[n0 + j]);
+      store_float(out + j, v);
+    }
+  }
+}
+
+// The epilogue of rows [0, rows) of an accumulator tile (row stride acc_stride
+// int32) into out[m0 + i, n0 : n0 + count].
+inline void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t acc_stride,
+                            int64_t m0, int64_t rows, int64_t n0, int64_t count) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    const float sa = g.a_scale[g.a_per_token ? m : 0];
+    const int32_t* row = acc + i * acc_stride;
+    const int64_t esize = g.out_dtype == kFloat32 ? 4 : 2;
+    char* o = static_cast<char*>(g.out) + (m * g.out_stride + n0) * esize;
+    if (g.out_dtype == kFloat32) {
+      int8_epilogue_row(reinterpret_cast<float*>(o), row, count, n0, sa, g.b_scale,
+                        g.b_per_channel, static_cast<const float*>(g.bias));
+    } else if (g.out_dtype == kBFloat16) {
+      int8_epilogue_row(reinterpret_cast<bf16*>(o), row, count, n0, sa, g.b_scale,
+                        g.b_per_channel, static_cast<const bf16*>(g.bias));
+    } else {
+      int8_epilogue_row(reinterpret_cast<fp16*>(o), row, count, n0, sa, g.b_scale,
+                        g.b_per_channel, static_cast<const fp16*>(g.bias));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace reward_engine::cpu
