@@ -133,28 +133,51 @@ class LlamaRewardModel:
         """Write every new token's K/V into ``kv_cache`` (per-layer ``key_caches`` /
         ``value_caches``); return the final-norm hidden state of the rows in
         ``meta.last_token_indices``: [N, hidden]."""
-        eps = self.cfg.rms_norm_eps
         layers = self.w.layers
-        residual = F.embedding(input_ids, self.w.embed)
-        rows = input_ids.shape[0]
-        hidden = self._buffer("hidden", rows, residual.shape[1])
-        x = _norm(residual, None, layers[0].input_norm, eps, layers[0].qkv, hidden)
+        x, residual = self.first_norm(input_ids, layers[0])
         for i, layer in enumerate(layers):
             last = i == len(layers) - 1
-            attn = self._attention(
-                layer, x, meta, kv_cache.key_caches[i], kv_cache.value_caches[i], last_only=last
-            )
-            if attn is None:  # no sequence ends in this step: K/V written, nothing to output
-                return x.new_empty((0, self.cfg.hidden_size))
-            if last:
-                residual = residual[meta.last_token_indices]
-            # Norms run in place: each output overwrites its input buffer.
-            x = _norm(attn, residual, layer.post_norm, eps, layer.gate_up, attn)
-            mlp = self._mlp(layer, x, reuse=not last)
-            if last:
-                return kernels.fused_add_rms_norm(mlp, residual, self.w.final_norm, eps, out=mlp)
-            x = _norm(mlp, residual, layers[i + 1].input_norm, eps, layers[i + 1].qkv, mlp)
+            x, residual = self.layer_forward(
+                layer, x, residual, meta, kv_cache.key_caches[i], kv_cache.value_caches[i],
+                next_layer=None if last else layers[i + 1],
+            )  # fmt: skip
+            if x is None:  # no sequence ends in this step: K/V written, nothing to output
+                return residual.new_empty((0, self.cfg.hidden_size))
         return x
+
+    def first_norm(self, input_ids: torch.Tensor, first_layer) -> tuple:
+        """(the first layer's input, the residual stream): the token embeddings and their
+        input norm (quantized for a W8A8 q|k|v)."""
+        residual = F.embedding(input_ids, self.w.embed)
+        hidden = self._buffer("hidden", input_ids.shape[0], residual.shape[1])
+        x = _norm(residual, None, first_layer.input_norm, self.cfg.rms_norm_eps, first_layer.qkv,
+                  hidden)  # fmt: skip
+        return x, residual
+
+    def layer_forward(
+        self, layer: LayerWeights, x, residual, meta: BatchMetadata, key_cache, value_cache,
+        next_layer=None,
+    ) -> tuple:  # fmt: skip
+        """One decoder layer: writes the new tokens' K/V and returns (the next layer's
+        input, the residual stream), the input already normed with ``next_layer``'s
+        input norm (``input_norm`` and ``qkv`` are all it reads of it; engine/build runs
+        layers one at a time through here). With no next layer, this is the final
+        layer: only each finishing sequence's last token is computed, and the first
+        value is their final-norm hidden states (None when no sequence finishes).
+        The result lives in step buffers the next call overwrites."""
+        eps = self.cfg.rms_norm_eps
+        last = next_layer is None
+        attn = self._attention(layer, x, meta, key_cache, value_cache, last_only=last)
+        if attn is None:
+            return None, residual
+        if last:
+            residual = residual[meta.last_token_indices]
+        # Norms run in place: each output overwrites its input buffer.
+        x = _norm(attn, residual, layer.post_norm, eps, layer.gate_up, attn)
+        mlp = self._mlp(layer, x, reuse=not last)
+        if last:
+            return kernels.fused_add_rms_norm(mlp, residual, self.w.final_norm, eps, out=mlp), residual
+        return _norm(mlp, residual, next_layer.input_norm, eps, next_layer.qkv, mlp), residual
 
     @torch.inference_mode()
     def rewards(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
