@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_score_command(commands)
+    from .build.cli import add_build_command
+
+    add_build_command(commands, add_dtype_argument, _positive_int)
     _add_env_command(commands)
     return parser
 
@@ -126,7 +129,9 @@ def _add_score_command(commands) -> None:
         epilog=SCORE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory")
+    p.add_argument(
+        "--model", required=True, metavar="DIR", help="engine directory or HF checkpoint directory"
+    )
     p.add_argument("--input", required=True, metavar="FILE", help="input JSONL file ('-': stdin)")
     p.add_argument(
         "--output", required=True, metavar="FILE", help="output JSONL file ('-': stdout)"
@@ -149,6 +154,11 @@ def _add_score_command(commands) -> None:
         metavar="N",
         help="read and score the input this many tokens at a time; bounds memory "
         "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="engine directories: skip checking the files against their manifest's sha256",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=_run_score)
@@ -290,6 +300,7 @@ def _load_engine(args: argparse.Namespace):
             dtype=args.dtype,
             max_num_batched_tokens=args.max_batch_tokens,
             num_threads=args.threads,
+            verify=not args.no_verify,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UsageError(f"cannot load the model from {args.model}: {exc}") from None

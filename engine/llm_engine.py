@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from .chat import ChatFormatter
-from .checkpoint import load_weights, move_weights
-from .config import CAUSAL_LM, GIB, ModelConfig, RuntimeConfig
+from .checkpoint import move_weights
+from .config import GIB, RuntimeConfig
 from .errors import RequestFailedError
 from .hardware import dtype_name, resolve_dtype
 from .kv_cache import KVCacheManager
+from .loading import load_model
 from .model import LlamaRewardModel
 from .request import Request
 from .runner import KVCachePool, ModelRunner, kv_cache_num_blocks
@@ -113,19 +114,25 @@ class RewardEngine:
         reward_token_ids: Sequence[int] | None = None,
         num_threads: int | None = None,
         device: str | torch.device = "cpu",
+        verify: bool = True,
         runtime: RuntimeConfig | None = None,
         **runtime_options,
     ) -> RewardEngine:
-        """Load an HF Llama reward checkpoint directory.
+        """Load an engine directory (made by `reward-engine build`) or an HF Llama reward
+        checkpoint directory.
 
         dtype: compute dtype: "auto" (default: bf16 on GPUs and on CPUs with bf16 dot
             products, AVX512-BF16 or AMX; float32 on other CPUs; see engine/hardware.py),
             "bfloat16", "float16", "float32" or a torch dtype.
         max_num_batched_tokens: tokens per forward pass (the token budget).
-        max_model_len: longest accepted sequence (default: max_position_embeddings).
+        max_model_len: longest accepted sequence (default: the engine's build setting,
+            else max_position_embeddings).
         reward_token_ids: for LlamaForCausalLM checkpoints, the token ids whose logits
             at the last position are the reward (default [0], the Nemotron-Reward-HF
-            convention); ignored for sequence-classification heads.
+            convention); ignored for sequence-classification heads. An engine directory
+            keeps the ids it was built with.
+        verify: check an engine directory's files against the sha256 in its manifest
+            (reads every byte once; skip it for very large engines you trust).
         num_threads: CPU threads for torch and the C++ kernels (default: torch's).
         runtime / runtime_options: a RuntimeConfig, or its fields as keywords
             (block_size, kv_cache_gib, num_kv_blocks, max_num_seqs, enable_prefix_caching,
@@ -139,18 +146,19 @@ class RewardEngine:
         )
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        cfg = ModelConfig.from_pretrained(model_dir)
         compute_dtype, why = resolve_dtype(dtype, device)
         logger.info("compute dtype %s (%s)", dtype_name(compute_dtype), why)
-        token_ids = tuple(reward_token_ids) if reward_token_ids is not None else (0,)
-        if cfg.head_kind != CAUSAL_LM and reward_token_ids is not None:
-            logger.warning("reward_token_ids ignored: %s has a score head", cfg.architecture)
         start = time.perf_counter()
-        weights = load_weights(model_dir, cfg, compute_dtype, token_ids)
+        ids = tuple(reward_token_ids) if reward_token_ids is not None else None
+        loaded = load_model(model_dir, compute_dtype, ids, verify=verify)
+        weights = loaded.weights
         if str(device) != "cpu":
             weights = move_weights(weights, torch.device(device))
         logger.info("loaded %s in %.1fs", model_dir, time.perf_counter() - start)
-        model = LlamaRewardModel(cfg, weights, max_position=max_model_len)
+        if max_model_len is None and loaded.max_model_len is not None:
+            max_model_len = loaded.max_model_len
+            runtime = replace(runtime, max_model_len=max_model_len)
+        model = LlamaRewardModel(loaded.cfg, weights, max_position=max_model_len)
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         chat = ChatFormatter.from_pretrained(model_dir) if has_tokenizer else None
         return cls(model, chat, runtime)

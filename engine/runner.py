@@ -129,6 +129,54 @@ class KVCachePool:
 # ----------------------------------------------------------------------------- runner
 
 
+def prepare_batch(
+    chunks: Sequence[ScheduledChunk], block_size: int, device: torch.device
+) -> tuple[torch.Tensor, BatchMetadata]:
+    """Flat input ids and batch metadata of the chunks of one step (module docstring)."""
+    num_seqs = len(chunks)
+    bs = block_size
+    starts = np.fromiter((c.start for c in chunks), np.int64, num_seqs)
+    ends = np.fromiter((c.end for c in chunks), np.int64, num_seqs)
+    q_lens = ends - starts
+    query_start_loc = np.zeros(num_seqs + 1, np.int64)
+    np.cumsum(q_lens, out=query_start_loc[1:])
+    num_tokens = int(query_start_loc[-1])
+    token_ids = np.fromiter(
+        chain.from_iterable(c.token_ids for c in chunks), np.int64, num_tokens
+    )
+    # Position of each token: its row minus its sequence's first row, plus its start.
+    seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
+    positions = np.arange(num_tokens) + np.repeat(starts - query_start_loc[:-1], q_lens)
+    # Block tables padded to the longest; a boolean mask scatters the flat ids.
+    num_blocks = np.fromiter((len(c.block_table) for c in chunks), np.int64, num_seqs)
+    block_tables = np.zeros((num_seqs, int(num_blocks.max(initial=1))), np.int32)
+    block_tables[np.arange(block_tables.shape[1]) < num_blocks[:, None]] = np.fromiter(
+        chain.from_iterable(c.block_table for c in chunks), np.int32, int(num_blocks.sum())
+    )
+    slot_mapping = (
+        block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+    )
+    # The final layer computes only the last token of each finishing request.
+    is_last = np.fromiter((c.is_last for c in chunks), np.bool_, num_seqs)
+    last_rows = query_start_loc[1:][is_last] - 1
+
+    def t(a):
+        return torch.from_numpy(a).to(device, non_blocking=True)
+
+    meta = BatchMetadata(
+        positions=t(positions),
+        slot_mapping=t(slot_mapping),
+        query_start_loc=t(query_start_loc),
+        context_lens=t(ends),
+        block_tables=t(block_tables),
+        last_token_indices=t(last_rows),
+        last_block_tables=t(block_tables[is_last]),
+        last_context_lens=t(ends[is_last]),
+        last_query_start_loc=t(np.arange(len(last_rows) + 1, dtype=np.int64)),
+    )
+    return t(token_ids), meta
+
+
 class ModelRunner:
     """Runs scheduled chunks through the model over the paged KV cache."""
 
@@ -140,48 +188,7 @@ class ModelRunner:
 
     def prepare(self, chunks: Sequence[ScheduledChunk]) -> tuple[torch.Tensor, BatchMetadata]:
         """Flat input ids and batch metadata of one step (module docstring)."""
-        num_seqs = len(chunks)
-        bs = self.block_size
-        starts = np.fromiter((c.start for c in chunks), np.int64, num_seqs)
-        ends = np.fromiter((c.end for c in chunks), np.int64, num_seqs)
-        q_lens = ends - starts
-        query_start_loc = np.zeros(num_seqs + 1, np.int64)
-        np.cumsum(q_lens, out=query_start_loc[1:])
-        num_tokens = int(query_start_loc[-1])
-        token_ids = np.fromiter(
-            chain.from_iterable(c.token_ids for c in chunks), np.int64, num_tokens
-        )
-        # Position of each token: its row minus its sequence's first row, plus its start.
-        seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
-        positions = np.arange(num_tokens) + np.repeat(starts - query_start_loc[:-1], q_lens)
-        # Block tables padded to the longest; a boolean mask scatters the flat ids.
-        num_blocks = np.fromiter((len(c.block_table) for c in chunks), np.int64, num_seqs)
-        block_tables = np.zeros((num_seqs, int(num_blocks.max(initial=1))), np.int32)
-        block_tables[np.arange(block_tables.shape[1]) < num_blocks[:, None]] = np.fromiter(
-            chain.from_iterable(c.block_table for c in chunks), np.int32, int(num_blocks.sum())
-        )
-        slot_mapping = (
-            block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        )
-        # The final layer computes only the last token of each finishing request.
-        is_last = np.fromiter((c.is_last for c in chunks), np.bool_, num_seqs)
-        last_rows = query_start_loc[1:][is_last] - 1
-
-        def t(a):
-            return torch.from_numpy(a).to(self.device, non_blocking=True)
-
-        meta = BatchMetadata(
-            positions=t(positions),
-            slot_mapping=t(slot_mapping),
-            query_start_loc=t(query_start_loc),
-            context_lens=t(ends),
-            block_tables=t(block_tables),
-            last_token_indices=t(last_rows),
-            last_block_tables=t(block_tables[is_last]),
-            last_context_lens=t(ends[is_last]),
-            last_query_start_loc=t(np.arange(len(last_rows) + 1, dtype=np.int64)),
-        )
-        return t(token_ids), meta
+        return prepare_batch(chunks, self.block_size, self.device)
 
     def execute(self, chunks: Sequence[ScheduledChunk]) -> dict[str, list[float]]:
         """Run one step; returns {request_id: reward row} for the chunks that are last."""

@@ -165,6 +165,10 @@ class SafetensorsWriter:
         self._emit(memoryview(data.numpy()))
         self._next += 1
 
+    def discard(self) -> None:
+        """Close without the completeness check (the build failed; the file goes)."""
+        self._file.close()
+
     def close(self) -> str:
         """Flush to disk; every planned tensor must have been written."""
         try:
