@@ -32,6 +32,8 @@ says what to fix.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -195,11 +197,11 @@ class ChatFormatter:
                 special_tokens[name] = token
         if chat_template is None:
             chat_template = _find_chat_template(model_dir, config)
-        return cls(
-            Tokenizer.from_file(tokenizer_file),
-            chat_template=chat_template,
-            special_tokens=special_tokens,
-        )
+        with open(tokenizer_file, "rb") as f:
+            data = f.read()
+        key = (hashlib.sha256(data).hexdigest(), tuple(sorted(special_tokens.items())),
+               chat_template)  # fmt: skip
+        return _shared_formatter(cls, key, data)
 
     @property
     def uses_builtin_format(self) -> bool:
@@ -327,6 +329,17 @@ class ChatFormatter:
             raise ConversationError(
                 f"the model's chat template rejected the conversation: {exc}"
             ) from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_formatter(cls, key, data: bytes) -> ChatFormatter:
+    """One formatter per tokenizer content and template: engines of the same model (an
+    engine directory holds a copy of its checkpoint's tokenizer) share it, since
+    loading a 128k-token vocabulary twice (plain and special-tokens-as-text) costs
+    about a second. Formatters are read-only after construction."""
+    _, special_tokens, chat_template = key
+    return cls(Tokenizer.from_str(data.decode("utf-8")), chat_template=chat_template,
+               special_tokens=dict(special_tokens))  # fmt: skip
 
 
 def _field_problem(message: dict, key: str) -> str:

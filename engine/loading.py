@@ -6,11 +6,14 @@ weights ready to run, and what the directory says about itself:
 - an engine directory (engine/engine_dir.py; made by `reward-engine build`): read as
   stored, nothing fused or quantized, its files checked against the manifest's
   sha256 unless ``verify=False``;
+- a pre-quantized FP8 HF checkpoint (ModelOpt, compressed-tensors, "fp8";
+  engine/prequantized.py): its E4M3 codes and scales as stored;
 - an HF checkpoint (engine/checkpoint.py): fused while it streams in.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from .engine_dir import (
     summary,
     verify_files,
 )
+from .prequantized import detect, load_prequantized
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     cfg: ModelConfig
     weights: ModelWeights
-    kind: str  # "engine" | "hf"
+    kind: str  # "engine" | "hf" | "modelopt" | "compressed-tensors" | "fp8"
     max_model_len: int | None = None  # the engine's own limit, when it has one
     kv_cache_dtype: str = "auto"  # what the weights were calibrated for
     manifest: dict = field(default_factory=dict)
@@ -70,4 +74,12 @@ def load_model(
     if cfg.head_kind != CAUSAL_LM and reward_token_ids is not None:
         logger.warning("reward_token_ids ignored: %s has a score head", cfg.architecture)
     token_ids = tuple(reward_token_ids) if reward_token_ids is not None else (0,)
+    raw = json.loads((path / "config.json").read_text())
+    source = detect(path, raw)
+    if source is not None:
+        logger.info("%s: pre-quantized %s checkpoint (%s%s)", path, source.kind, source.algo,
+                    ", FP8 KV cache" if source.kv_cache_fp8 else "")  # fmt: skip
+        weights = load_prequantized(path, cfg, source, dtype, token_ids)
+        kv = "fp8" if source.kv_cache_fp8 else "auto"
+        return LoadedModel(cfg, weights, source.kind, kv_cache_dtype=kv)
     return LoadedModel(cfg, load_weights(path, cfg, dtype, token_ids), "hf")

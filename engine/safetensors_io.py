@@ -188,3 +188,67 @@ def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class ShardedSafetensorsWriter:
+    """A plan written across files of at most ``max_shard_bytes`` each (HF's layout:
+    ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``), tensor by tensor in plan order."""
+
+    def __init__(self, directory: str | os.PathLike, plan, max_shard_bytes: int = 5 << 30,
+                 metadata: dict[str, str] | None = None):  # fmt: skip
+        self.directory = Path(directory)
+        shards, current, size = [], [], 0
+        for entry in plan:
+            n = _nbytes(entry[1], entry[2])
+            if current and size + n > max_shard_bytes:
+                shards.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += n
+        shards.append(current)
+        count = len(shards)
+        self.names = (["model.safetensors"] if count == 1 else
+                      [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)])  # fmt: skip
+        self._shards = shards
+        self._metadata = metadata
+        self._index = -1
+        self._left = 0
+        self._writer: SafetensorsWriter | None = None
+        self.digests: dict[str, str] = {}
+        self.weight_map = {e[0]: self.names[i] for i, s in enumerate(shards) for e in s}
+        self.total_size = sum(_nbytes(e[1], e[2]) for e in plan)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._left == 0:
+            self._next_shard()
+        self._writer.write(name, tensor)
+        self._left -= 1
+
+    def _next_shard(self) -> None:
+        if self._writer is not None:
+            self.digests[self.names[self._index]] = self._writer.close()
+        self._index += 1
+        if self._index >= len(self._shards):
+            raise SafetensorsError("more tensors written than planned")
+        self._writer = SafetensorsWriter(self.directory / self.names[self._index],
+                                         self._shards[self._index], self._metadata)  # fmt: skip
+        self._left = len(self._shards[self._index])
+
+    def close(self) -> dict[str, str]:
+        """Closes the last shard (every planned tensor must have been written) and
+        writes the index when there are several; returns {file name: sha256}."""
+        while self._index < len(self._shards) - 1:
+            self._next_shard()  # empty shards cannot happen, but a short write is caught here
+        if self._writer is not None:
+            self.digests[self.names[self._index]] = self._writer.close()
+        if len(self.names) > 1:
+            index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
+            (self.directory / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2) + "\n"
+            )
+        return self.digests
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
