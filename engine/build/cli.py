@@ -124,7 +124,8 @@ def run_build(args: argparse.Namespace) -> int:
     if result.report is not None:
         print(f"accuracy: {result.report.summary()}", file=sys.stderr)
         if result.report.agreement_is_low:
-            print("warning: pairwise agreement is below 99%: check the calibration set, or "
-                  "use dynamic activation scales", file=sys.stderr)  # fmt: skip
+            print("warning: pairwise agreement is below 99%: check that the calibration set "
+                  "looks like your data (--calibration), or try the other --activation-scales",
+                  file=sys.stderr)  # fmt: skip
     print(f"built {result.path} in {result.seconds:.1f} s", file=sys.stderr)
     return 0

@@ -14,8 +14,15 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..engine_dir import FORMAT, FORMAT_VERSION, LINEARS, TOKENIZER_FILES, WEIGHTS, has_bias
-from ..engine_dir import weight_plan
+from ..engine_dir import (
+    FORMAT,
+    FORMAT_VERSION,
+    LINEARS,
+    TOKENIZER_FILES,
+    WEIGHTS,
+    has_bias,
+    weight_plan,
+)
 from ..hardware import dtype_name
 from ..linear import DenseLinear
 from ..safetensors_io import SafetensorsWriter
