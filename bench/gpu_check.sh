@@ -9,10 +9,15 @@
 #   4. runs bench/kernels.py --device cuda (every op at Llama-70B and 1B shapes, with the
 #      GPU targets: RMSNorm vs copy bandwidth, FP8 GEMM vs torch._scaled_mm, paged
 #      prefill attention vs SDPA-flash);
-#   5. writes bench/results/gpu_check_<device>_<date>.md (device name, date, versions,
-#      each step's status and time, the test summary, the targets table and the fastest
-#      backend per op) beside the benchmark's kernels_cuda_<device>.md/.json, prints it,
-#      and copies it, the report and the logs into $OUT when that folder is set.
+#   5. runs bench/synthetic.py: end-to-end scoring through the scheduler and runner with
+#      weights generated on the GPU (no checkpoint on disk): a 70B-shaped FP8 engine
+#      (80 layers) and an 8B shape in bf16 and FP8, on the rlhf-group and mixed workloads
+#      (tokens/s, share of the dense peak, GPU memory, FP8 / bf16 ratio);
+#   6. writes bench/results/gpu_check_<device>_<date>.md (device name, date, versions,
+#      each step's status and time, the test summary, the targets table, the fastest
+#      backend per op and the end-to-end table) beside the benchmark's
+#      kernels_cuda_<device>.md/.json and e2e_synthetic_<device>.md/.json, prints it,
+#      and copies it, the reports and the logs into $OUT when that folder is set.
 # Budget: 8 minutes on one H100 (each step has its own timeout below).
 #
 #   bash bench/gpu_check.sh             # everything
@@ -32,9 +37,10 @@ for arg in "$@"; do
   esac
 done
 
-BUILD_TIMEOUT=${BUILD_TIMEOUT:-150}
-TEST_TIMEOUT=${TEST_TIMEOUT:-150}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-110}
+TEST_TIMEOUT=${TEST_TIMEOUT:-130}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+E2E_TIMEOUT=${E2E_TIMEOUT:-120}
 
 fail() { echo "gpu_check.sh: $*" >&2; exit 1; }
 say() { echo "== $*"; }
@@ -93,9 +99,10 @@ SLUG=$(echo "$DEVICE_NAME" | tr -cs 'A-Za-z0-9' '_' | sed 's/^_*//; s/_*$//')
 RESULTS="${GPU_CHECK_RESULTS:-bench/results}"
 SUMMARY="$RESULTS/gpu_check_${SLUG}_${STAMP}.md"
 BENCH_OUT="$RESULTS/kernels_cuda_${SLUG}"
+E2E_OUT="$RESULTS/e2e_synthetic_${SLUG}"
 LOGDIR="$RESULTS/gpu_check_logs_${STAMP}"
 
-STEPS=(build tests bench)
+STEPS=(build tests bench e2e)
 declare -A CMD TIMEOUT STATUS SECONDS_TAKEN
 CMD[build]="env REWARD_ENGINE_CUDA_ARCHS='$ARCH' CUDA_HOME='$NVCC_HOME' $PYTHON setup.py build_ext --inplace"
 # The GPU tests spend most of their time compiling Triton kernels, one specialization at
@@ -106,9 +113,13 @@ if [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import xdist" >/dev/null 2>&1; then
 fi
 CMD[tests]="env -u TRITON_INTERPRET $PYTHON -m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short $XDIST tests/kernels"
 CMD[bench]="env -u TRITON_INTERPRET $PYTHON bench/kernels.py --device cuda --out $BENCH_OUT"
+# 70b FP8 first (the headline), then the 8b pair; each run generates its weights on the
+# GPU and frees them before the next.
+CMD[e2e]="env -u TRITON_INTERPRET $PYTHON bench/synthetic.py --device cuda --shape 70b --quantization fp8 --out ${E2E_OUT}_70b && env -u TRITON_INTERPRET $PYTHON bench/synthetic.py --device cuda --shape 8b --quantization none,fp8 --out ${E2E_OUT}_8b"
 TIMEOUT[build]=$BUILD_TIMEOUT
 TIMEOUT[tests]=$TEST_TIMEOUT
 TIMEOUT[bench]=$BENCH_TIMEOUT
+TIMEOUT[e2e]=$E2E_TIMEOUT
 
 if [ "$DRY_RUN" = 1 ]; then
   say "dry run: nothing is executed"
@@ -178,15 +189,23 @@ nvcc $("$NVCC_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'
   else
     echo "not measured (the benchmark did not finish; see $LOGDIR/bench.log)"
   fi
+  echo
+  echo "## End to end, synthetic weights (full tables: ${E2E_OUT}_*.md)"
+  echo
+  found=0
+  for f in "${E2E_OUT}_70b.md" "${E2E_OUT}_8b.md"; do
+    if [ -f "$f" ]; then sed -n '/^| shape/,$p' "$f"; echo; found=1; fi
+  done
+  [ "$found" = 1 ] || echo "not measured (see $LOGDIR/e2e.log)"
 } >"$SUMMARY"
 say "wrote $SUMMARY"
 cat "$SUMMARY"
 
 # Where the caller collects files in $OUT (a lent GPU machine keeps nothing), copy the
-# summary, the benchmark report and the three logs there: six files, one folder deep.
+# summary, the reports and the four logs there, one folder deep.
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
   cp "$SUMMARY" "$OUT/"
-  for f in "$BENCH_OUT.md" "$BENCH_OUT.json" "$LOGDIR"/*.log; do
+  for f in "$BENCH_OUT.md" "$BENCH_OUT.json" "${E2E_OUT}"_*.md "${E2E_OUT}"_*.json "$LOGDIR"/*.log; do
     [ -f "$f" ] && cp "$f" "$OUT/"
   done
   say "copied the summary, report and logs to $OUT"

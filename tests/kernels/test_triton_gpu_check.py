@@ -31,11 +31,13 @@ def test_script_parses():
 def test_dry_run_lists_the_steps():
     proc = run("--dry-run")
     assert proc.returncode == 0, proc.stderr
-    for step in ("build", "tests", "bench", "summary"):
+    for step in ("build", "tests", "bench", "e2e", "summary"):
         assert f"== {step}" in proc.stdout
     assert "setup.py build_ext --inplace" in proc.stdout
     assert "pytest -q -m gpu" in proc.stdout
     assert "bench/kernels.py --device cuda" in proc.stdout
+    assert "bench/synthetic.py --device cuda --shape 70b --quantization fp8" in proc.stdout
+    assert "--shape 8b --quantization none,fp8" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
@@ -70,6 +72,11 @@ case "$1" in
         "| rms_norm | yes |" "" "## Fastest GPU backend per op" "" "| op | faster |" \
         "| paged_prefill_attention | triton |" "" "## rms_norm: 70b, bf16" "" "| x |" > "$out.md"
       echo '{}' > "$out.json" ;;
+  bench/synthetic.py)
+      while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done
+      printf '%s\n' "# Synthetic" "" "| shape | weights | tok/s |" "|---|---|---|" \
+        "| ${out##*_} | fp8 | 1234 |" > "$out.md"
+      echo '{}' > "$out.json" ;;
   *) echo "unexpected call: $*" >&2; exit 3 ;;
 esac
 """
@@ -89,6 +96,7 @@ def test_a_full_run_with_stand_ins_writes_the_summary_and_fills_out(tmp_path):
                GPU_CHECK_RESULTS=str(results), OUT=str(out))  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr  # a GPU test failed
     assert "== build: ok" in proc.stdout and "== bench: ok" in proc.stdout
+    assert "== e2e: ok" in proc.stdout
     assert "== tests: FAILED (exit 1)" in proc.stdout
     summary = next(results.glob("gpu_check_Fake_H100_80GB_*.md")).read_text()
     assert "# GPU check: Fake H100 80GB" in summary
@@ -98,10 +106,12 @@ def test_a_full_run_with_stand_ins_writes_the_summary_and_fills_out(tmp_path):
     assert "| rms_norm | yes |" in summary  # the targets table
     assert "| paged_prefill_attention | triton |" in summary  # the fastest backend per op
     assert "rms_norm: 70b" not in summary  # and no more of the report
+    assert "| 70b | fp8 | 1234 |" in summary and "| 8b | fp8 | 1234 |" in summary
     assert summary in proc.stdout  # printed, so it is in the run's output
     tests_log = next(results.glob("gpu_check_logs_*/tests.log")).read_text()
     workers = min(len(os.sched_getaffinity(0)), 8)  # xdist workers, where it is installed
     assert f"-m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short -n {workers} " in tests_log
     copied = sorted(p.name for p in out.iterdir())
-    assert len(copied) == 6, copied
-    assert {"build.log", "tests.log", "bench.log", "kernels_cuda_Fake_H100_80GB.md"} <= set(copied)
+    assert len(copied) == 11, copied
+    assert {"build.log", "tests.log", "bench.log", "e2e.log", "kernels_cuda_Fake_H100_80GB.md",
+            "e2e_synthetic_Fake_H100_80GB_70b.md"} <= set(copied)  # fmt: skip
