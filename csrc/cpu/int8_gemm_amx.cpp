@@ -5,9 +5,10 @@
 //
 // Tiles: C in tmm0-3 (a 32 x 32 block), A in tmm4-5 (two 16-row tiles), B in
 // tmm6-7 (two groups). The A rows of a block of the output (int8_rows_per_block)
-// stay in L2 while the groups stream past; each pair of B tiles is used by
-// every 32 rows of the block. Rows past m come from a zero-padded copy of the
-// last partial block of 32 rows.
+// stay in L2 while the column groups stream past, and k runs in chunks of 512:
+// the chunk of a pair of B tiles (16 KiB) stays in L1 while every 32 rows of the
+// block use it, their accumulators parked in memory between chunks. Rows past m
+// come from a zero-padded copy of the last partial block of 32 rows.
 //
 // Linux hands out the tile-data state only on request (arch_prctl
 // ARCH_REQ_XCOMP_PERM), once per process; the tile configuration is
@@ -21,6 +22,7 @@
 
 #include "int8_gemm.h"
 #include "int8_kernels.h"
+#include "vec_avx512.h"
 
 namespace reward_engine::cpu {
 namespace {
@@ -46,20 +48,31 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-// One 32-row x (16 * G)-column block, G = 1 or 2 groups; A rows a (stride lda).
+constexpr int64_t kChunkK = 512;  // k per pass: a pair of B tiles' chunk (16 KiB) stays in L1
+
+// Accumulates A[32 rows] x B[groups g, g + 1 (when G == 2)] over k blocks [k0, k1) of 64
+// into c (32 x 32 int32, row stride 32), starting from zero when `first`.
 template <int G>
-void block(const Int8GemmArgs& g, const int8_t* a, int64_t lda, int64_t m, int64_t rows,
-           int64_t grp, int32_t* c) {
-  const int64_t kb = g.k_pad / kInt8PackK;
+void accumulate(const Int8GemmArgs& g, const int8_t* a, int64_t lda, int64_t grp, int64_t k0,
+                int64_t k1, bool first, int32_t* c) {
   const int8_t* b0 = g.b + int8_packed_offset(grp, 0, g.k_pad);
   const int8_t* b1 = G == 2 ? g.b + int8_packed_offset(grp + 1, 0, g.k_pad) : nullptr;
-  _tile_zero(0);
-  _tile_zero(1);
-  if (G == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (G == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  } else {
+    _tile_loadd(0, c, 128);
+    _tile_loadd(1, c + 16 * 32, 128);
+    if (G == 2) {
+      _tile_loadd(2, c + 16, 128);
+      _tile_loadd(3, c + 16 * 32 + 16, 128);
+    }
   }
-  for (int64_t kk = 0; kk < kb; ++kk) {
+  for (int64_t kk = k0; kk < k1; ++kk) {
     _tile_loadd(4, a + kk * kInt8PackK, lda);
     _tile_loadd(5, a + 16 * lda + kk * kInt8PackK, lda);
     _tile_loadd(6, b0 + kk * 1024, 64);
@@ -71,17 +84,12 @@ void block(const Int8GemmArgs& g, const int8_t* a, int64_t lda, int64_t m, int64
       _tile_dpbssd(3, 5, 7);
     }
   }
-  // c: [32 rows][32 columns] int32
   _tile_stored(0, c, 128);
   _tile_stored(1, c + 16 * 32, 128);
   if (G == 2) {
     _tile_stored(2, c + 16, 128);
     _tile_stored(3, c + 16 * 32 + 16, 128);
   }
-  const int64_t n0 = grp * kInt8PackN;
-  int64_t count = g.n - n0;
-  count = count < 16 * G ? count : 16 * G;
-  int8_store_tile(g, c, 32, m, rows, n0, count);
 }
 
 }  // namespace
@@ -94,31 +102,42 @@ bool amx_request_permission() {
 
 void int8_gemm_amx(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
   configure_tiles();
-  alignas(64) int32_t c[32 * 32];
-  std::vector<int8_t> tail;  // the last partial 32 rows, zero padded
   const int64_t rows_per_block = int8_rows_per_block(g.k_pad);
+  const int64_t kb = g.k_pad / kInt8PackK, chunk = kChunkK / kInt8PackK;
+  // accumulators of one block of rows x 32 columns, kept across the k chunks
+  std::vector<int32_t> acc(size_t(rows_per_block * 32));
+  std::vector<int8_t> tail;  // the last partial 32 rows, zero padded
   for (int64_t mb = m0; mb < m1; mb += rows_per_block) {
     const int64_t me = mb + rows_per_block < m1 ? mb + rows_per_block : m1;
     for (int64_t grp = g0; grp < g1; grp += 2) {
       const bool two = grp + 1 < g1;
-      for (int64_t m = mb; m < me; m += 32) {
-        const int64_t rows = me - m < 32 ? me - m : 32;
-        const int8_t* a = g.a + m * g.a_stride;
-        int64_t lda = g.a_stride;
-        if (rows < 32) {
-          if (tail.empty()) {
-            tail.assign(size_t(32 * g.k_pad), 0);
-            for (int64_t i = 0; i < rows; ++i) std::memcpy(&tail[i * g.k_pad], a + i * lda, g.k);
+      for (int64_t k0 = 0; k0 < kb; k0 += chunk) {
+        const int64_t k1 = k0 + chunk < kb ? k0 + chunk : kb;
+        for (int64_t m = mb; m < me; m += 32) {
+          const int8_t* a = g.a + m * g.a_stride;
+          int64_t lda = g.a_stride;
+          if (me - m < 32) {
+            if (tail.empty()) {
+              tail.assign(size_t(32 * g.k_pad), 0);
+              for (int64_t i = 0; i < me - m; ++i) {
+                std::memcpy(&tail[i * g.k_pad], a + i * lda, size_t(g.k));
+              }
+            }
+            a = tail.data();
+            lda = g.k_pad;
           }
-          a = tail.data();
-          lda = g.k_pad;
-        }
-        if (two) {
-          block<2>(g, a, lda, m, rows, grp, c);
-        } else {
-          block<1>(g, a, lda, m, rows, grp, c);
+          int32_t* c = acc.data() + (m - mb) * 32;
+          if (two) {
+            accumulate<2>(g, a, lda, grp, k0, k1, k0 == 0, c);
+          } else {
+            accumulate<1>(g, a, lda, grp, k0, k1, k0 == 0, c);
+          }
         }
       }
+      const int64_t n0 = grp * kInt8PackN;
+      int64_t count = g.n - n0;
+      count = count < 32 ? count : 32;
+      int8_store_tile<VecAVX512>(g, acc.data(), 32, mb, me - mb, n0, count);
     }
   }
   _tile_release();

@@ -13,6 +13,7 @@
 
 #include "int8_gemm.h"
 #include "int8_kernels.h"
+#include "vec_avx2.h"
 
 namespace reward_engine::cpu {
 namespace {
@@ -49,7 +50,7 @@ void tile(const Int8GemmArgs& g, int64_t m, int64_t grp) {
   }
   const int64_t n0 = grp * kInt8PackN;
   const int64_t count = g.n - n0 < kInt8PackN ? g.n - n0 : kInt8PackN;
-  int8_store_tile(g, out[0], kInt8PackN, m, R, n0, count);
+  int8_store_tile<VecAVX2>(g, out[0], kInt8PackN, m, R, n0, count);
 }
 
 }  // namespace

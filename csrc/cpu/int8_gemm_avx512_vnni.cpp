@@ -12,6 +12,7 @@
 
 #include "int8_gemm.h"
 #include "int8_kernels.h"
+#include "vec_avx512.h"
 
 namespace reward_engine::cpu {
 namespace {
@@ -51,7 +52,7 @@ void tile(const Int8GemmArgs& g, int64_t m, int64_t grp) {
       _mm512_store_si512(out[i], _mm512_sub_epi32(acc[i][j], bias));
     }
     const int64_t count = g.n - n0 < kInt8PackN ? g.n - n0 : kInt8PackN;
-    int8_store_tile(g, out[0], kInt8PackN, m, R, n0, count);
+    int8_store_tile<VecAVX512>(g, out[0], kInt8PackN, m, R, n0, count);
   }
 }
 

@@ -1,6 +1,7 @@
 // int8_gemm for any CPU: plain loops over the packed weight (int8_kernels.h).
 #include "int8_gemm.h"
 #include "int8_kernels.h"
+#include "vec_scalar.h"
 
 namespace reward_engine::cpu {
 
@@ -21,7 +22,7 @@ void int8_gemm_scalar(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t g0,
       }
       const int64_t n0 = grp * kInt8PackN;
       const int64_t count = g.n - n0 < kInt8PackN ? g.n - n0 : kInt8PackN;
-      int8_store_tile(g, acc, kInt8PackN, m, 1, n0, count);
+      int8_store_tile<VecScalar>(g, acc, kInt8PackN, m, 1, n0, count);
     }
   }
 }

@@ -64,34 +64,39 @@ void int8_quantize_row_of(int8_t* out, const void* x, const float* scale, int64_
 }
 
 // out[j] = float(acc[j]) * (sa * b_scale[n0 + j]) + bias[n0 + j], for one output
-// row of `count` columns starting at column n0, rounded to T.
-template <class T>
+// row of `count` columns starting at column n0, rounded to T; V::W lanes at a time
+// (V is the translation unit's vector type: the same operations in the same order
+// as one lane, so every ISA rounds alike). float() of an int32 rounds to nearest even.
+template <class V, class T>
 void int8_epilogue_row(T* __restrict__ out, const int32_t* __restrict__ acc, int64_t count,
                        int64_t n0, float sa, const float* __restrict__ b_scale,
                        bool per_channel, const T* __restrict__ bias) {
-  if (per_channel) {
-    const float* sb = b_scale + n0;
-    if (bias != nullptr) {
-      for (int64_t j = 0; j < count; ++j) {
-        store_float(out + j, float(acc[j]) * (sa * sb[j]) + to_float(bias[n0 + j]));
-      }
-    } else {
-      for (int64_t j = 0; j < count; ++j) store_float(out + j, float(acc[j]) * (sa * sb[j]));
-    }
-  } else {
-    const float s = sa * b_scale[0];
-    for (int64_t j = 0; j < count; ++j) {
-      float v = float(acc[j]) * s;
-      if (bias != nullptr) v = v + to_float(bias[n0 + j]);
-      store_float(out + j, v);
-    }
+  using F = typename V::F;
+  const F vsa = V::set1(sa);
+  const F shared = V::set1(sa * b_scale[0]);
+  int64_t j = 0;
+  for (; j + V::W <= count; j += V::W) {
+    const F s = per_channel ? V::mul(vsa, V::load(b_scale + n0 + j)) : shared;
+    F v = V::mul(V::from_i32(acc + j), s);
+    if (bias != nullptr) v = V::add(v, V::load(bias + n0 + j));
+    V::store(out + j, v);
+  }
+  if (j < count) {
+    const int n = int(count - j);
+    alignas(64) int32_t tail[64] = {};
+    for (int i = 0; i < n; ++i) tail[i] = acc[j + i];
+    const F s = per_channel ? V::mul(vsa, V::load(b_scale + n0 + j, n)) : shared;
+    F v = V::mul(V::from_i32(tail), s);
+    if (bias != nullptr) v = V::add(v, V::load(bias + n0 + j, n));
+    V::store(out + j, v, n);
   }
 }
 
 // The epilogue of rows [0, rows) of an accumulator tile (row stride acc_stride
 // int32) into out[m0 + i, n0 : n0 + count].
-inline void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t acc_stride,
-                            int64_t m0, int64_t rows, int64_t n0, int64_t count) {
+template <class V>
+void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t acc_stride, int64_t m0,
+                     int64_t rows, int64_t n0, int64_t count) {
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t m = m0 + i;
     const float sa = g.a_scale[g.a_per_token ? m : 0];
@@ -99,14 +104,14 @@ inline void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t a
     const int64_t esize = g.out_dtype == kFloat32 ? 4 : 2;
     char* o = static_cast<char*>(g.out) + (m * g.out_stride + n0) * esize;
     if (g.out_dtype == kFloat32) {
-      int8_epilogue_row(reinterpret_cast<float*>(o), row, count, n0, sa, g.b_scale,
-                        g.b_per_channel, static_cast<const float*>(g.bias));
+      int8_epilogue_row<V>(reinterpret_cast<float*>(o), row, count, n0, sa, g.b_scale,
+                           g.b_per_channel, static_cast<const float*>(g.bias));
     } else if (g.out_dtype == kBFloat16) {
-      int8_epilogue_row(reinterpret_cast<bf16*>(o), row, count, n0, sa, g.b_scale,
-                        g.b_per_channel, static_cast<const bf16*>(g.bias));
+      int8_epilogue_row<V>(reinterpret_cast<bf16*>(o), row, count, n0, sa, g.b_scale,
+                           g.b_per_channel, static_cast<const bf16*>(g.bias));
     } else {
-      int8_epilogue_row(reinterpret_cast<fp16*>(o), row, count, n0, sa, g.b_scale,
-                        g.b_per_channel, static_cast<const fp16*>(g.bias));
+      int8_epilogue_row<V>(reinterpret_cast<fp16*>(o), row, count, n0, sa, g.b_scale,
+                           g.b_per_channel, static_cast<const fp16*>(g.bias));
     }
   }
 }

@@ -59,6 +59,9 @@ struct VecAVX2 {
   }
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F from_i32(const int32_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static F load(const bf16* p) {
     __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));

@@ -55,6 +55,7 @@ struct VecAVX512 {
   }
 
   static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F from_i32(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
   static F load(const bf16* p) {
     return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }

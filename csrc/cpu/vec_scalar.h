@@ -27,6 +27,7 @@ struct VecScalar {
   static F exp(F a) { return expf(a); }
 
   static F load(const float* p) { return *p; }
+  static F from_i32(const int32_t* p) { return float(*p); }
   static F load(const bf16* p) { return bf16_to_float(p->bits); }
   static F load(const fp16* p) { return fp16_to_float(p->bits); }
   template <class T>
