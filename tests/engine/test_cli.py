@@ -110,9 +110,9 @@ def test_each_form_is_scored(model_dir, tmp_path, reference):
 
 
 def test_fp8_kv_cache_scores_within_its_bound(model_dir, tmp_path, reference):
-    """--kv-cache-dtype fp8: the bound of tests/engine/test_fp8_kv_cache.py, relative to
+    """--kv-cache-dtype fp8: the bound of tests/engine/test_fp8_kv_rewards.py, relative to
     the largest |reward|, against the engine with a cache in the compute dtype."""
-    from test_fp8_kv_cache import FP8_KV_RTOL
+    from test_fp8_kv_rewards import FP8_KV_RTOL
 
     responses = ["7", "seven", "I won't.", "Forty-two, because it is the answer."]
     lines = [{"prompt": "Pick a number.", "responses": responses}]
