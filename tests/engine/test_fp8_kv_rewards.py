@@ -157,3 +157,25 @@ def test_async_engine_and_bad_values(make_tiny_checkpoint):
 
     fp8 = torch.tensor(asyncio.run(run()))
     assert_within_fp8_bound(fp8, score(RewardEngine.from_pretrained(ckpt), seqs))
+
+
+def test_an_engine_built_for_an_fp8_cache_gets_one_unless_told_otherwise(
+    make_tiny_checkpoint, monkeypatch
+):
+    """The KV dtype an engine directory was built (calibrated) for is the default; an
+    explicit kv_cache_dtype wins."""
+    import engine.llm_engine as llm_engine
+
+    real = llm_engine.load_model
+
+    def built_for_fp8(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        loaded.kv_cache_dtype = "fp8"
+        return loaded
+
+    monkeypatch.setattr(llm_engine, "load_model", built_for_fp8)
+    ckpt = checkpoint(make_tiny_checkpoint, "gqa-1to1")
+    fp8 = torch.float8_e4m3fn
+    assert RewardEngine.from_pretrained(ckpt, dtype="float32").kv_cache.storage.dtype == fp8
+    chosen = RewardEngine.from_pretrained(ckpt, dtype="float32", kv_cache_dtype="auto")
+    assert chosen.kv_cache.storage.dtype == torch.float32
