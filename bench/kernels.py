@@ -462,6 +462,7 @@ def main(argv=None) -> int:
         print(t, flush=True)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"kernels_{device.type}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    env["load_average_1min_at_end"] = os.getloadavg()[0]
     rows = [r for c in cases for r in c.rows]
     extra = fp8_kv_section(fp8_kv_ratios(rows))
     if device.type == "cuda":

@@ -257,8 +257,12 @@ def _render(run: dict) -> list[str]:
         + (f"; CPU ISA {env['cpu_isa']}" if "cpu_isa" in env else "")
         + (f"; CUDA {env['cuda']}, {env['capability']}" if "cuda" in env else "")
         + f". Written by `bench/kernels.py` in {elapsed:.0f} s; 1-minute load average "
-        f"{env['load_average_1min_at_start']:.1f} at the start (above {env['cpu_count']}, "
-        "other processes competed for the cores).",
+        f"{env['load_average_1min_at_start']:.1f} at the start"
+        + (f", {env['load_average_1min_at_end']:.1f} at the end"
+           if "load_average_1min_at_end" in env else "")
+        + (f" (above the {env['cpu_count']} cores: other processes competed for them)."
+           if max(env["load_average_1min_at_start"], env.get("load_average_1min_at_end", 0))
+           > env["cpu_count"] else f" ({env['cpu_count']} cores)."),
         "",
         f"Rooflines measured at the start of this run: copy {roof['copy_GBps']:.1f} GB/s (read + write of "
         f"{roof['copy_bytes'] >> 20} MiB), bf16 matmul {roof['matmul_TFLOPs']:.3f} TFLOP/s "
