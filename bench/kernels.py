@@ -3,7 +3,9 @@ baseline timed in the same run, with a roofline measured in the same run.
 
 Baselines: the unfused PyTorch ops of the `reference` backend (norms, silu_mul, rope,
 fp8_quantize); torch SDPA on the equivalent contiguous tensors for attention (causal,
-GQA); torch._scaled_mm for the FP8 GEMM on a GPU. Rooflines: a large tensor copy
+GQA); torch._scaled_mm for the FP8 GEMM on a GPU. rope_and_cache and attention also run
+each backend with an E4M3 KV cache (`<backend>, fp8 KV cache`) beside the cache in the
+activation dtype, in the same turns; the "FP8 KV cache" section gives their time ratios. Rooflines: a large tensor copy
 (read + write bytes / time) for bandwidth-bound ops and a large bf16 matmul for
 compute-bound ones. Each row reports the median time, GB/s or TFLOP/s, the share of
 the roofline and the speedup over the baseline; the header names the device, the
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the repository root goes first, so `kernels` is the package, not this script
 sys.path.insert(0, str(ROOT))
 
-from microbench import Case, measure, rooflines, write_report  # noqa: E402
+from microbench import Case, cpu_flags, measure, rooflines, write_report  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import backend as dispatch  # noqa: E402
@@ -54,6 +56,7 @@ OPS = {op.name: op for op in (RMS_NORM, FUSED_ADD_RMS_NORM, SILU_MUL, ROPE_AND_C
 MODELS = {"70b": (8192, 28672, 64, 8, 128), "8b": (4096, 14336, 32, 8, 128),
           "1b": (2048, 8192, 32, 8, 64)}  # fmt: skip
 FP8_GEMM_SHAPES = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672)]  # (N, K), 70B
+FP8_KV = ", fp8 KV cache"  # the label suffix of the runs with an E4M3 KV cache
 
 
 # ----------------------------------------------------------------------------- cases
@@ -117,13 +120,22 @@ def rope_cases(device, dtype, model, tokens, wanted) -> list[Case]:
     vc = torch.empty_like(kc)
     slots = torch.randperm(kc.shape[0] * block, device=device)[:tokens]
     args = (q, k, v, positions, cache, kc, vc, slots)
+    kc8 = torch.empty(kc.shape, device=device, dtype=torch.float8_e4m3fn)
+    vc8 = torch.empty_like(kc8)
+    args8 = (q, k, v, positions, cache, kc8, vc8, slots)
+    scales = {"k_scale": torch.tensor(0.05, device=device),
+              "v_scale": torch.tensor(0.04, device=device)}  # fmt: skip
     runs = {"torch (unfused)": lambda: kernels.rope_and_cache(*args, backend="reference")}
     for b in _backends(ROPE_AND_CACHE, device, wanted):
         runs[b] = lambda b=b: kernels.rope_and_cache(*args, backend=b)
+        runs[b + FP8_KV] = lambda b=b: kernels.rope_and_cache(*args8, **scales, backend=b)
     # read and write q and k, read v, write k and v to the cache, read positions and cos/sin
-    traffic = qkv.element_size() * tokens * d * (2 * hq + 5 * hkv) + 4 * tokens * d
+    elem = qkv.element_size()
+    traffic = elem * tokens * d * (2 * hq + 5 * hkv) + 4 * tokens * d
+    traffic8 = elem * tokens * d * (2 * hq + 3 * hkv) + 2 * tokens * d * hkv + 4 * tokens * d
+    fp8_bytes = {label: traffic8 for label in runs if label.endswith(FP8_KV)}
     return [Case("rope_and_cache", f"{model} {tokens} tokens, {hq}q/{hkv}kv d{d}", dtype, runs,
-                 "torch (unfused)", bytes=traffic)]  # fmt: skip
+                 "torch (unfused)", bytes=traffic, run_bytes=fp8_bytes)]  # fmt: skip
 
 
 def attention_cases(device, dtype, config, wanted, with_reference=True) -> list[Case]:
@@ -160,10 +172,18 @@ def attention_cases(device, dtype, config, wanted, with_reference=True) -> list[
 
         runs["torch SDPA-flash (kv repeated)"] = flash
     args = (q, kc, vc, tables, starts, lens, scale)
+    # the same keys and values in E4M3 at per-tensor scales from their amax
+    k_scale, v_scale = (c.float().abs().amax() / 448 for c in (kc, vc))
+    kc8 = kernels.fp8_quantize(kc, k_scale, backend="reference")[0]
+    vc8 = kernels.fp8_quantize(vc, v_scale, backend="reference")[0]
+    args8 = (q, kc8, vc8, tables, starts, lens, scale)
+    scales = {"k_scale": k_scale, "v_scale": v_scale}
     if with_reference:
         runs["reference"] = lambda: kernels.paged_prefill_attention(*args, backend="reference")
     for b in _backends(PAGED_PREFILL_ATTENTION, device, wanted):
         runs[b] = lambda b=b: kernels.paged_prefill_attention(*args, backend=b)
+        runs[b + FP8_KV] = lambda b=b: kernels.paged_prefill_attention(*args8, **scales,
+                                                                         backend=b)  # fmt: skip
     flops = 4.0 * num_seqs * hq * d * seq_len * (seq_len + 1) / 2  # causal: half the scores
     return [Case("paged_prefill_attention",
                  f"{num_seqs} x {seq_len} tokens, {hq}q/{hkv}kv d{d}, block 16", dtype, runs,
@@ -333,6 +353,37 @@ def fastest_gpu_backends(rows: list[dict]) -> list[dict]:
     return out
 
 
+def fp8_kv_ratios(rows: list[dict]) -> list[dict]:
+    """Per (op, shape, backend): the time with an E4M3 KV cache over the time with the
+    cache in the activation dtype, both timed in the same turns."""
+    times = {(r["op"], r["shape"], r["impl"]): r["median_s"] for r in rows if "median_s" in r}
+    out = []
+    for (op, shape, impl), t8 in times.items():
+        if impl.endswith(FP8_KV):
+            base = impl.removesuffix(FP8_KV)
+            if (op, shape, base) in times:
+                out.append({"op": op, "shape": shape, "backend": base, "fp8_ms": 1e3 * t8,
+                            "base_ms": 1e3 * times[(op, shape, base)],
+                            "ratio": t8 / times[(op, shape, base)]})  # fmt: skip
+    return out
+
+
+def fp8_kv_section(ratios: list[dict]) -> list[str]:
+    """The report's "FP8 KV cache" section."""
+    if not ratios:
+        return []
+    lines = ["## FP8 KV cache vs a cache in the activation dtype", "",
+             "Each backend with an E4M3 KV cache (`, fp8 KV cache` rows; per-tensor scales) "
+             "against the same backend with the cache in the activation dtype, timed in the "
+             "same turns. The cache itself is half the bytes of bf16.", "",
+             "| op | shape | backend | fp8 KV (ms) | activation-dtype KV (ms) | fp8 / other |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in ratios:
+        lines.append(f"| {r['op']} | {r['shape']} | {r['backend']} | {r['fp8_ms']:.3f} | "
+                     f"{r['base_ms']:.3f} | {r['ratio']:.2f} |")  # fmt: skip
+    return lines
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -379,6 +430,7 @@ def environment(device: torch.device) -> dict:
             pass
         module = kernels._native.cpu_module()
         env["cpu_isa"] = module.active_isa() if module else "kernels._C not built"
+        env["cpu_flags"] = cpu_flags()
     else:
         env["cuda"] = torch.version.cuda
         env["capability"] = "sm_{}{}".format(*torch.cuda.get_device_capability(device))
@@ -410,10 +462,12 @@ def main(argv=None) -> int:
         print(t, flush=True)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"kernels_{device.type}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    extra = []
+    env["load_average_1min_at_end"] = os.getloadavg()[0]
+    rows = [r for c in cases for r in c.rows]
+    extra = fp8_kv_section(fp8_kv_ratios(rows))
     if device.type == "cuda":
-        extra = fastest_section(fastest_gpu_backends([r for c in cases for r in c.rows]))
-        print("\n".join(extra), flush=True)
+        extra += [""] * bool(extra) + fastest_section(fastest_gpu_backends(rows))
+    print("\n".join(extra), flush=True)
     write_report(out, env, roof, cases, tgts, reduced, time.perf_counter() - began, extra)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0

@@ -6,6 +6,10 @@
 - `measure` builds each case, times its runs beside a large copy (the bandwidth roofline
   of that group) and derives GB/s or TFLOP/s, % of roofline and the speedup over the
   case's baseline; `write_report` writes the markdown and JSON.
+
+A report file holds one run per machine class (`machine_class`: the device's model and,
+on CPUs, its vector/matrix instruction-set flags): a new run replaces its own class's
+section and keeps the others, so figures of different machines never overwrite each other.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Case:
     bytes: float = 0.0  # memory traffic of one call (bandwidth-bound ops)
     flops: float = 0.0  # arithmetic of one call (compute-bound ops)
     note: str = ""
+    run_bytes: dict[str, float] = field(default_factory=dict)  # labels moving other bytes
     rows: list[dict] = field(default_factory=list)
 
 
@@ -153,7 +158,8 @@ def _measure_case(case: Case, device: torch.device, roof: dict, min_time: float)
         sec = t.get("median_s")
         if sec:
             if case.bytes:
-                row["GBps"] = (copy_bytes if label == COPY_ROW else case.bytes) / sec / 1e9
+                moved = copy_bytes if label == COPY_ROW else case.run_bytes.get(label, case.bytes)
+                row["GBps"] = moved / sec / 1e9
                 row["roofline_pct"] = 100 * row["GBps"] / copy_gbps
             if case.flops:
                 row["TFLOPs"] = case.flops / sec / 1e12
@@ -185,26 +191,82 @@ def _fmt_row(r: dict) -> str:
             f"{_speedup(r)}")  # fmt: skip
 
 
+# CPU flags that decide which kernels run and how fast: the machine class of a CPU run
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16",
+             "amx_int8")  # fmt: skip
+
+
+def cpu_flags() -> str:
+    """The ISA_FLAGS this CPU has, from /proc/cpuinfo ("" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return ""
+    return " ".join(name for name in ISA_FLAGS if name in flags)
+
+
+def machine_class(env: dict) -> str:
+    """The key a run is filed under: the device, plus its CPU flags (runs made before the
+    flags were recorded: the kernels' ISA level) or its GPU capability."""
+    detail = env.get("cpu_flags") or env.get("cpu_isa") or env.get("capability") or ""
+    return f"{env['device']} | {detail}" if detail else env["device"]
+
+
+def _load_runs(path: Path) -> dict[str, dict]:
+    """The runs already in the report's JSON, by machine class (a file written before
+    runs were keyed holds one run)."""
+    try:
+        data = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if "machines" in data:
+        return data["machines"]
+    return {machine_class(data["environment"]): data} if "environment" in data else {}
+
+
 def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed, extra=()) -> None:
-    """The .json and .md reports; `extra`: markdown lines placed after the targets."""
-    rows = [r for c in cases for r in c.rows]
-    path.with_suffix(".json").write_text(json.dumps(
-        {"environment": env, "rooflines": roof, "rows": rows, "targets": tgts,
-         "note": reduced, "elapsed_s": elapsed}, indent=1))  # fmt: skip
+    """The .json and .md reports; `extra`: markdown lines placed after the targets. This
+    run replaces the file's run of the same machine class; other machines' runs stay."""
+    run = {"environment": env, "rooflines": roof, "rows": [r for c in cases for r in c.rows],
+           "targets": tgts, "note": reduced, "elapsed_s": elapsed, "extra": list(extra),
+           "notes": {f"{c.op}|{c.shape}": c.note for c in cases if c.note}}  # fmt: skip
+    key = machine_class(env)
+    runs = {key: run, **{k: v for k, v in _load_runs(path).items() if k != key}}
+    for other in runs.values():  # runs saved before notes were: the cases' notes are static
+        other.setdefault("notes", run["notes"])
+    path.with_suffix(".json").write_text(json.dumps({"machines": runs}, indent=1))
+    lines = []
+    if len(runs) > 1:
+        lines += [f"One section per machine class ({', '.join(runs)}); each run of "
+                  "`bench/kernels.py` replaces its own machine's section.", ""]  # fmt: skip
+    for i, r in enumerate(runs.values()):
+        lines += ([""] if i else []) + _render(r)
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _render(run: dict) -> list[str]:
+    """One run's markdown: header, rooflines, targets, extra lines, a table per case."""
+    env, roof, tgts, elapsed = run["environment"], run["rooflines"], run["targets"], run["elapsed_s"]
+    flags = f" ({env['cpu_flags']})" if env.get("cpu_flags") else ""
     lines = [
-        f"# Kernel microbenchmarks: {env['device']}",
+        f"# Kernel microbenchmarks: {env['device']}{flags}",
         "",
         f"{env['date_utc']}; torch {env['torch']}, triton {env['triton']}, Python "
         f"{env['python']}; {env['threads']} threads"
         + (f"; CPU ISA {env['cpu_isa']}" if "cpu_isa" in env else "")
         + (f"; CUDA {env['cuda']}, {env['capability']}" if "cuda" in env else "")
         + f". Written by `bench/kernels.py` in {elapsed:.0f} s; 1-minute load average "
-        f"{env['load_average_1min_at_start']:.1f} at the start (above {env['cpu_count']}, "
-        "other processes competed for the cores).",
+        f"{env['load_average_1min_at_start']:.1f} at the start"
+        + (f", {env['load_average_1min_at_end']:.1f} at the end"
+           if "load_average_1min_at_end" in env else "")
+        + (f" (above the {env['cpu_count']} cores: other processes competed for them)."
+           if max(env["load_average_1min_at_start"], env.get("load_average_1min_at_end", 0))
+           > env["cpu_count"] else f" ({env['cpu_count']} cores)."),
         "",
         f"Rooflines measured at the start of this run: copy {roof['copy_GBps']:.1f} GB/s (read + write of "
         f"{roof['copy_bytes'] >> 20} MiB), bf16 matmul {roof['matmul_TFLOPs']:.3f} TFLOP/s "
-        f"({roof['matmul_n']}^3). {reduced}",
+        f"({roof['matmul_n']}^3). {run['note']}",
         "",
         "Time is the median of repeated calls after warm-up, the implementations of a row group timed in turns; `roof` is GB/s over the copy "
         "bandwidth (bandwidth-bound ops: the higher of the large copy at the start and the large-copy row of the same group, timed in the same turns) or TFLOP/s over the bf16 matmul (attention, GEMM); "
@@ -218,20 +280,24 @@ def write_report(path: Path, env, roof, cases, tgts, reduced, elapsed, extra=())
     for t in tgts:
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
         lines.append(f"| {t['target']} | {_num(t['measured'], '.2f')} | {t['goal']} | {met} |")
-    if extra:
-        lines += [""] + list(extra)
-    for case in cases:
-        lines += ["", f"## {case.op}: {case.shape}, {str(case.dtype)[6:]}", ""]
-        if case.note:
-            lines += [case.note, ""]
+    if run.get("extra"):
+        lines += [""] + list(run["extra"])
+    groups: dict[tuple, list[dict]] = {}
+    for r in run["rows"]:
+        groups.setdefault((r["op"], r["shape"], r["dtype"]), []).append(r)
+    notes = run.get("notes", {})
+    for (op, shape, dtype), rows in groups.items():
+        lines += ["", f"## {op}: {shape}, {dtype}", ""]
+        if notes.get(f"{op}|{shape}"):
+            lines += [notes[f"{op}|{shape}"], ""]
         lines += ["| impl | time (ms) | GB/s or TFLOP/s | % roof | vs baseline |",
                   "|---|---|---|---|---|"]  # fmt: skip
-        for r in case.rows:
+        for r in rows:
             if "error" in r:
                 lines.append(f"| {r['impl']} | error: {r['error']} | | | |")
                 continue
             perf = f"{r['GBps']:.1f} GB/s" if "GBps" in r else f"{r['TFLOPs']:.3f} TFLOP/s"
-            base = " (baseline)" if r["impl"] == case.baseline else ""
+            base = " (baseline)" if r["impl"] == r["baseline"] else ""
             lines.append(f"| {r['impl']}{base} | {r['median_s'] * 1e3:.3f} | {perf} | "
                          f"{r['roofline_pct']:.1f} | {_speedup(r)} |")  # fmt: skip
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return lines

@@ -38,6 +38,10 @@ class LayerWeights:
     post_norm: torch.Tensor
     gate_up: Linear  # [2 * intermediate, hidden]: gate rows then up rows
     down: Linear  # [hidden, intermediate]
+    # Per-tensor scales of the layer's keys and values in an FP8 (E4M3) KV cache: 0-dim
+    # fp32, cache = e4m3(k / k_scale); None: uncalibrated (the model uses 1.0).
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
 
     def linears(self) -> dict[str, Linear]:
         return {"qkv": self.qkv, "o_proj": self.o_proj, "gate_up": self.gate_up, "down": self.down}

@@ -152,6 +152,17 @@ class ModelConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+# "auto": the cache holds the compute dtype; "fp8": E4M3 (torch.float8_e4m3fn) with a
+# per-tensor K and V scale per layer (LayerWeights.k_scale / v_scale; 1.0 when a layer
+# holds none), 1 byte per element: the same memory holds twice the tokens of bf16.
+KV_CACHE_DTYPES = ("auto", "fp8")
+
+
+def kv_cache_dtype(kv_cache_dtype: str, compute_dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of the KV cache for RuntimeConfig.kv_cache_dtype."""
+    return torch.float8_e4m3fn if kv_cache_dtype == "fp8" else compute_dtype
+
+
 GIB = 1 << 30
 # CPU default KV pool: big enough for thousands of cached prompt blocks, small
 # enough to leave the host its memory (a fraction of what is available caps it).
@@ -169,6 +180,10 @@ class RuntimeConfig:
     of the host's available memory on CPU); default on CPU min(2 GiB, 25 % of
     available memory), on CUDA 90 % of free memory. The pool never exceeds what
     ``max_num_seqs`` requests of ``max_model_len`` tokens could occupy at once.
+
+    ``kv_cache_dtype``: "auto" stores keys and values in the compute dtype; "fp8" stores
+    them as E4M3 with per-layer scales, at 1 byte per element (twice the tokens of a
+    bf16 pool in the same memory).
     """
 
     block_size: int = 16
@@ -181,6 +196,7 @@ class RuntimeConfig:
     max_waiting_requests: int = 4096  # beyond: EngineOverloadedError
     max_chunk_tokens: int | None = None  # largest chunk of one request per step
     enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
     # Zero the pool at startup: claims its memory up front and, on CPU, faults its
     # pages in then, not in the first steps that write each block (about 0.25 s
     # per GiB on a 2-core host). Default: on, unless REWARD_ENGINE_KV_CACHE_PRETOUCH=0.
@@ -199,6 +215,11 @@ class RuntimeConfig:
                 raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {value!r}")
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"RuntimeConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"RuntimeConfig.kv_cache_dtype must be 'auto' (the compute dtype) or 'fp8' "
+                f"(E4M3 with per-layer scales), got {self.kv_cache_dtype!r}"
+            )
         fraction = self.kv_cache_memory_fraction
         if fraction is not None and not 0 < fraction <= 1:
             raise ValueError(

@@ -29,7 +29,7 @@ import torch
 
 from .chat import ChatFormatter
 from .checkpoint import move_weights
-from .config import GIB, RuntimeConfig
+from .config import GIB, RuntimeConfig, kv_cache_dtype
 from .errors import RequestFailedError
 from .hardware import dtype_name, resolve_dtype
 from .kv_cache import KVCacheManager
@@ -66,8 +66,9 @@ class RewardEngine:
         num_blocks = kv_cache_num_blocks(
             runtime, model.cfg, model.dtype, model.device, self.max_model_len
         )
+        cache_dtype = kv_cache_dtype(runtime.kv_cache_dtype, model.dtype)
         self.kv_cache = KVCachePool(
-            model.cfg, num_blocks, runtime.block_size, model.dtype, model.device,
+            model.cfg, num_blocks, runtime.block_size, cache_dtype, model.device,
             pretouch=runtime.kv_cache_pretouch,
         )  # fmt: skip
         if num_blocks * runtime.block_size < self.max_model_len:
@@ -78,10 +79,11 @@ class RewardEngine:
                 self.max_model_len,
             )
         logger.info(
-            "KV pool: %d blocks of %d tokens (%.2f GiB)",
+            "KV pool: %d blocks of %d tokens (%.2f GiB, %s)",
             num_blocks,
             runtime.block_size,
             self.kv_cache.nbytes / GIB,
+            str(cache_dtype).removeprefix("torch."),
         )
         self.runner = ModelRunner(model, self.kv_cache)
         self.scheduler = Scheduler(
@@ -136,8 +138,14 @@ class RewardEngine:
         num_threads: CPU threads for torch and the C++ kernels (default: torch's).
         runtime / runtime_options: a RuntimeConfig, or its fields as keywords
             (block_size, kv_cache_gib, num_kv_blocks, max_num_seqs, enable_prefix_caching,
-            ...); the two keywords above override it.
+            kv_cache_dtype, ...); the two keywords above override it. kv_cache_dtype="fp8"
+            keeps the KV cache in E4M3 (half the memory of bf16) with each layer's
+            k_scale / v_scale, 1.0 for a checkpoint that has none (a warning says so);
+            when it is not given, an engine directory's build setting applies.
         """
+        kv_dtype_given = "kv_cache_dtype" in runtime_options or (
+            runtime is not None and runtime.kv_cache_dtype != "auto"
+        )
         runtime = replace(
             runtime or RuntimeConfig(),
             max_num_batched_tokens=max_num_batched_tokens,
@@ -158,6 +166,9 @@ class RewardEngine:
         if max_model_len is None and loaded.max_model_len is not None:
             max_model_len = loaded.max_model_len
             runtime = replace(runtime, max_model_len=max_model_len)
+        if not kv_dtype_given and loaded.kv_cache_dtype != runtime.kv_cache_dtype:
+            logger.info("KV cache %s, as the engine was built", loaded.kv_cache_dtype)
+            runtime = replace(runtime, kv_cache_dtype=loaded.kv_cache_dtype)
         model = LlamaRewardModel(loaded.cfg, weights, max_position=max_model_len)
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         chat = ChatFormatter.from_pretrained(model_dir) if has_tokenizer else None

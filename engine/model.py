@@ -12,7 +12,8 @@ of all new tokens (`rope_and_cache`) and attends over the cache
 (`paged_prefill_attention`), so a chunk can continue a sequence whose earlier
 tokens came from an earlier step or from the prefix cache. A chunk that does not
 end its sequence needs no output at all: in the final layer its tokens only write
-their keys and values.
+their keys and values. With an FP8 (E4M3) cache the two ops get each layer's
+k_scale / v_scale (1.0 where the weights hold none: uncalibrated, with a warning).
 
 The linear layers are whatever the weights hold (engine/linear.py): dense, FP8 or
 INT8 W8A8. A quantized layer's input is quantized by the kernel that produces it
@@ -22,6 +23,7 @@ scale or per token; only o_proj's input, the attention output, is quantized apar
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,8 @@ import kernels
 from .checkpoint import LayerWeights, ModelWeights
 from .config import ModelConfig
 from .linear import QUANTIZED_DTYPES, QuantizedActivation
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -76,6 +80,7 @@ class LlamaRewardModel:
         ).to(self.device)
         self.scale = cfg.head_dim**-0.5
         self._buffers: dict[str, torch.Tensor] = {}
+        self._uncalibrated_kv_scale: torch.Tensor | None = None
 
     def _buffer(self, name: str, rows: int, cols: int) -> torch.Tensor:
         """A [rows, cols] activation buffer that every layer of every step reuses.
@@ -100,24 +105,48 @@ class LlamaRewardModel:
         q = qkv[:, : cfg.q_size].view(t, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].view(t, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
+        kv_scales = self._kv_scales(layer, key_cache)
         kernels.rope_and_cache(
-            q, k, v, meta.positions, self.cos_sin_cache, key_cache, value_cache, meta.slot_mapping
-        )
+            q, k, v, meta.positions, self.cos_sin_cache, key_cache, value_cache,
+            meta.slot_mapping, **kv_scales,
+        )  # fmt: skip
         if last_only:
             if meta.num_outputs == 0:
                 return None
             out = kernels.paged_prefill_attention(
                 q[meta.last_token_indices], key_cache, value_cache, meta.last_block_tables,
-                meta.last_query_start_loc, meta.last_context_lens, self.scale,
+                meta.last_query_start_loc, meta.last_context_lens, self.scale, **kv_scales,
             )  # fmt: skip
         else:
             out = kernels.paged_prefill_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.query_start_loc,
-                meta.context_lens, self.scale,
+                meta.context_lens, self.scale, **kv_scales,
             )  # fmt: skip
         # x (the layer input, in the "hidden" buffer) is dead once qkv exists.
         hidden = None if last_only else self._buffer("hidden", t, cfg.hidden_size)
         return layer.o_proj(out.reshape(out.shape[0], cfg.q_size), hidden)
+
+    def _kv_scales(self, layer: LayerWeights, key_cache: torch.Tensor) -> dict:
+        """The attention ops' k_scale= / v_scale=: none for a cache in the compute dtype;
+        for an E4M3 cache the layer's scales, 1.0 where it has none (warned once)."""
+        if key_cache.dtype != torch.float8_e4m3fn:
+            return {}
+        if self._uncalibrated_kv_scale is None:
+            self._uncalibrated_kv_scale = torch.ones((), dtype=torch.float32, device=self.device)
+            missing = sum(w.k_scale is None or w.v_scale is None for w in self.w.layers)
+            if missing:
+                logger.warning(
+                    "the FP8 KV cache runs uncalibrated in %d of %d layers (k_scale = v_scale "
+                    "= 1.0: keys and values beyond +-448 saturate, below 2^-6 lose precision); "
+                    "calibrated scales (`reward-engine build --kv-cache-dtype fp8`) are more "
+                    "accurate",
+                    missing, len(self.w.layers),
+                )  # fmt: skip
+        unit = self._uncalibrated_kv_scale
+        return {
+            "k_scale": unit if layer.k_scale is None else layer.k_scale,
+            "v_scale": unit if layer.v_scale is None else layer.v_scale,
+        }
 
     def _mlp(self, layer: LayerWeights, x, reuse: bool):
         """SwiGLU MLP. With ``reuse``, the output overwrites the "hidden" buffer (x's)."""

@@ -15,8 +15,9 @@ Host work is a handful of numpy array ops per step whatever the token count (no
 per-token Python loop), which matters on CPU where the whole step is host time.
 
 ``KVCachePool`` owns the per-layer key and value tensors in the layout the kernels
-document ([num_blocks, block_size, Hkv, D] each, contiguous); ``kv_cache_num_blocks``
-sizes it from a ``RuntimeConfig``.
+document ([num_blocks, block_size, Hkv, D] each, contiguous), in the compute dtype or
+E4M3 (``RuntimeConfig.kv_cache_dtype``); ``kv_cache_num_blocks`` sizes it from a
+``RuntimeConfig``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .config import (
     GIB,
     ModelConfig,
     RuntimeConfig,
+    kv_cache_dtype,
 )
 from .kv_cache import kv_cache_bytes_per_block, num_blocks_for_memory
 from .model import BatchMetadata, LlamaRewardModel
@@ -68,7 +70,8 @@ def kv_cache_num_blocks(
     device: torch.device,
     max_model_len: int,
 ) -> int:
-    """Blocks of the KV pool (see RuntimeConfig for the order of the settings)."""
+    """Blocks of the KV pool (see RuntimeConfig for the order of the settings). ``dtype``
+    is the compute dtype; the pool's element size follows runtime.kv_cache_dtype."""
     if runtime.num_kv_blocks is not None:
         return runtime.num_kv_blocks
     if runtime.kv_cache_gib is not None:
@@ -83,7 +86,8 @@ def kv_cache_num_blocks(
             CPU_DEFAULT_KV_CACHE_GIB * GIB,
             available_memory_bytes(device) * CPU_DEFAULT_KV_CACHE_FRACTION,
         )
-    dtype_bytes = torch.empty((), dtype=dtype).element_size()
+    cache_dtype = kv_cache_dtype(runtime.kv_cache_dtype, dtype)
+    dtype_bytes = torch.empty((), dtype=cache_dtype).element_size()
     num_blocks = num_blocks_for_memory(
         int(budget), runtime.block_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype_bytes
     )
@@ -93,7 +97,8 @@ def kv_cache_num_blocks(
 
 
 class KVCachePool:
-    """One key and one value tensor per layer, each [num_blocks, block_size, Hkv, D].
+    """One key and one value tensor per layer, each [num_blocks, block_size, Hkv, D], of
+    ``dtype``: the compute dtype, or torch.float8_e4m3fn for an FP8 cache.
 
     All layers live in one allocation so the pool is a single block of memory. With
     ``pretouch`` it is zeroed (on CPU: every page faulted in) when the engine starts,

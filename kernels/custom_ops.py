@@ -13,7 +13,9 @@ instead of breaking the graph on a raw-pointer call. Conventions:
 - callers (the `cpu` and `cuda` backends in kernels/*.py) pass views already
   checked and shaped as the kernel wants ([rows, width] with unit last stride);
 - E4M3 tensors travel as uint8 views of the same memory (`t.view(torch.uint8)`):
-  torch's schema checker cannot compare float8 tensors, and the kernels take codes.
+  torch's schema checker cannot compare float8 tensors, and the kernels take codes. A
+  uint8 KV cache is an E4M3 cache, read and written with its k_scale / v_scale (0-dim
+  fp32 tensors on the cache's device, read by the kernel: no host synchronization).
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def _define(name: str, mutates: tuple[str, ...]):
 
 def _code(t: Tensor) -> int:
     return _native.dtype_code(t)
+
+
+def _kv_scales(key_cache: Tensor, k_scale: Tensor | None, v_scale: Tensor | None):
+    """(kv_fp8, k_scale pointer, v_scale pointer) for the paged-KV kernels."""
+    if key_cache.dtype != torch.uint8:
+        return False, 0, 0
+    return True, k_scale.data_ptr(), v_scale.data_ptr()
 
 
 @_define("rms_norm", ("out",))
@@ -125,7 +134,10 @@ def rope_and_cache(
     key_cache: Tensor,
     value_cache: Tensor,
     slot_mapping: Tensor,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> None:
+    """uint8 caches: E4M3 codes of k / k_scale and v / v_scale."""
     _call(
         "rope_and_cache", q, q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
         k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
@@ -134,7 +146,7 @@ def rope_and_cache(
         cos_sin_cache.data_ptr(), cos_sin_cache.shape[0],
         key_cache.data_ptr(), value_cache.data_ptr(), key_cache.shape[0] * key_cache.shape[1],
         slot_mapping.data_ptr(), slot_mapping.dtype == torch.int64,
-        q.shape[0], q.shape[2], _code(q),
+        q.shape[0], q.shape[2], *_kv_scales(key_cache, k_scale, v_scale), _code(q),
     )  # fmt: skip
 
 
@@ -148,16 +160,20 @@ def paged_prefill_attention(
     query_start_loc: Tensor,
     context_lens: Tensor,
     scale: float,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> None:
     """block_tables int32 [S, max_blocks]; query_start_loc [S + 1] and context_lens [S]
-    int64, on the CPU for the cpu kernel and on the device for the CUDA kernel."""
+    int64, on the CPU for the cpu kernel and on the device for the CUDA kernel. uint8
+    caches are E4M3, dequantized with k_scale / v_scale."""
     num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
     _call(
         "paged_prefill_attention", q, out.data_ptr(), out.stride(0), out.stride(1),
         q.data_ptr(), q.stride(0), q.stride(1), q.shape[0], q.shape[1],
         key_cache.data_ptr(), value_cache.data_ptr(), num_blocks, block_size, num_kv_heads,
         head_dim, block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1],
-        query_start_loc.data_ptr(), context_lens.data_ptr(), scale, _code(q),
+        query_start_loc.data_ptr(), context_lens.data_ptr(), scale,
+        *_kv_scales(key_cache, k_scale, v_scale), _code(q),
     )  # fmt: skip
 
 

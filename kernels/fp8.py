@@ -23,6 +23,8 @@ Numerics of `fp8_gemm` (y = a_dequant @ b_dequant^T):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _native, custom_ops
@@ -142,6 +144,46 @@ def static_scale(op: str, scale, x: torch.Tensor, out: torch.Tensor | None) -> t
     if out is not None:
         raise ValueError(f"{op}: out= and fp8_scale= cannot be combined")
     return _as_scale(op, scale, 1, (), x.device)
+
+
+def kv_cache_scales(op: str, act_dtype: torch.dtype, key_cache: torch.Tensor, k_scale, v_scale):
+    """The k_scale= / v_scale= arguments of the paged-KV ops: (None, None) for a cache in
+    the activation dtype, else both as 0-dim fp32 tensors on the cache's device.
+
+    An E4M3 cache needs both (there is no implicit default: an uncalibrated engine passes
+    1.0 on purpose); a cache in the activation dtype takes neither. A scale given as a
+    number or a CPU tensor is checked to be finite and > 0 (a CUDA tensor is not: that
+    would synchronize the stream; nor is a tensor under torch.compile, which cannot
+    branch on its value).
+    """
+    if key_cache.dtype != FP8_DTYPE:
+        if key_cache.dtype != act_dtype:
+            raise ValueError(
+                f"{op}: the caches must be {act_dtype} (the activation dtype) or {FP8_DTYPE}, "
+                f"got {key_cache.dtype}"
+            )
+        if k_scale is not None or v_scale is not None:
+            raise ValueError(
+                f"{op}: k_scale/v_scale apply to {FP8_DTYPE} caches only; these are "
+                f"{key_cache.dtype}"
+            )
+        return None, None
+    if k_scale is None or v_scale is None:
+        raise ValueError(
+            f"{op}: a {FP8_DTYPE} cache needs k_scale and v_scale (per-tensor fp32 scales, "
+            "one per layer: cache = e4m3(x / scale)); pass 1.0 for an uncalibrated cache"
+        )
+    scales = []
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if isinstance(scale, torch.Tensor):
+            check = scale.device.type == "cpu" and not torch.compiler.is_compiling()
+            value = float(scale.reshape(-1)[0]) if check and scale.numel() == 1 else 1.0
+        else:
+            value = float(scale)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{op}: {name} must be finite and > 0, got {value}")
+        scales.append(_as_scale(op, scale, 1, (), key_cache.device))
+    return scales[0], scales[1]
 
 
 def _as_scale(op: str, scale, numel: int, shape: tuple[int, ...], device) -> torch.Tensor:

@@ -8,6 +8,11 @@ writes). A batch packs the NEW tokens of S sequences: sequence s owns q rows
 query_start_loc[s]:query_start_loc[s+1] and has context_lens[s] tokens in the cache
 (cached prefix + the new ones), so its new tokens sit at absolute positions
 context_len - query_len .. context_len - 1 and attend causally to all cached keys.
+
+The caches hold q's dtype, or float8_e4m3fn with per-tensor fp32 scales k_scale and
+v_scale (what rope_and_cache wrote: e4m3(k / k_scale)): keys and values are then
+k_fp8 * k_scale and v_fp8 * v_scale in fp32 (the decode is exact; the multiply rounds
+once in fp32, and kernels may fold the scales into the softmax scale and the output).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from . import custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
+from .fp8 import FP8_DTYPE, kv_cache_scales
 
 
 def _as_list(values) -> list[int]:
@@ -24,11 +30,13 @@ def _as_list(values) -> list[int]:
 
 
 def paged_prefill_attention_reference(
-    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
-):
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """The specification, written for clarity; for each sequence s:
 
-    1. gather its context_len keys/values from the cache through its block table;
+    1. gather its context_len keys/values from the cache through its block table
+       (E4M3 caches: decoded to fp32 and multiplied by k_scale / v_scale in fp32);
     2. repeat each kv head Hq/Hkv times (GQA: q head h reads kv head h // group);
     3. scores = (q @ k^T) * scale in fp32; the query at absolute position p masks keys
        j > p with -inf (p = context_len - query_len + i for its i-th new token);
@@ -46,6 +54,8 @@ def paged_prefill_attention_reference(
         k = key_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
         v = value_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
         qi = q[starts[s] : starts[s + 1]].float().transpose(0, 1)  # [Hq, q_len, D]
+        if key_cache.dtype == FP8_DTYPE:
+            k, v = k.float() * k_scale, v.float() * v_scale
         ki = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, ctx, D]
         vi = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
         scores = (qi @ ki.transpose(1, 2)) * scale
@@ -56,18 +66,22 @@ def paged_prefill_attention_reference(
 
 
 def paged_prefill_attention_native(
-    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
-):
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """cpu: fp32 online softmax over chunks of 64 keys (csrc/cpu/attention_kernels.h);
     cuda: FlashAttention-2 on mma.sync tensor cores for bf16/fp16 at head_dim 64/128
     (csrc/cuda/attention_mma_kernels.cuh), else a scalar kernel (attention_kernels.cuh).
-    Both through torch.ops.reward_engine.paged_prefill_attention."""
+    Both through torch.ops.reward_engine.paged_prefill_attention; E4M3 caches travel as
+    uint8 views."""
+    if key_cache.dtype == FP8_DTYPE:
+        key_cache, value_cache = key_cache.view(torch.uint8), value_cache.view(torch.uint8)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     starts = torch.as_tensor(query_start_loc, dtype=torch.int64, device=q.device).contiguous()
     lens = torch.as_tensor(context_lens, dtype=torch.int64, device=q.device).contiguous()
     tables = block_tables.to(device=q.device, dtype=torch.int32).contiguous()
     custom_ops.paged_prefill_attention(
-        out, q, key_cache, value_cache, tables, starts, lens, float(scale)
+        out, q, key_cache, value_cache, tables, starts, lens, float(scale), k_scale, v_scale
     )
     return out
 
@@ -100,6 +114,8 @@ def paged_prefill_attention(
     context_lens: torch.Tensor | list[int],
     scale: float,
     *,
+    k_scale: torch.Tensor | float | None = None,
+    v_scale: torch.Tensor | float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention of packed new tokens over the paged cache (module docstring).
@@ -107,11 +123,15 @@ def paged_prefill_attention(
     q [T, Hq, D] (any token/head strides, last dim contiguous); key_cache, value_cache
     [num_blocks, block_size, Hkv, D] contiguous, Hq a multiple of Hkv; block_tables int
     [S, max_blocks]; query_start_loc [S + 1] and context_lens [S] (int tensors or lists).
-    Returns [T, Hq, D] in q's dtype.
+    The caches hold q's dtype, or float8_e4m3fn with k_scale and v_scale (per-tensor
+    fp32, required). Returns [T, Hq, D] in q's dtype.
     """
     op = "paged_prefill_attention"
     check_dtype(op, "q", q)
-    check_same(op, "q", q, key_cache=key_cache, value_cache=value_cache)
+    check_same(op, "key_cache", key_cache, value_cache=value_cache)
+    if key_cache.device != q.device:
+        raise ValueError(f"{op}: key_cache is on {key_cache.device} but q is on {q.device}")
+    k_scale, v_scale = kv_cache_scales(op, q.dtype, key_cache, k_scale, v_scale)
     if q.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
         raise ValueError(
             f"{op}: expected q [T, Hq, D] and caches [num_blocks, block_size, Hkv, D]; got "
@@ -141,4 +161,7 @@ def paged_prefill_attention(
             f"{op}: query_start_loc needs {num_seqs + 1} entries for {num_seqs} sequences"
         )
     impl = PAGED_PREFILL_ATTENTION.select(q.device, backend)
-    return impl(q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale)
+    scales = {} if k_scale is None else {"k_scale": k_scale, "v_scale": v_scale}
+    return impl(
+        q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale, **scales
+    )

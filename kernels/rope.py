@@ -14,6 +14,7 @@ import torch
 from . import custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
+from .fp8 import FP8_DTYPE, fp8_quantize_reference, kv_cache_scales
 
 # ----------------------------------------------------------------------------- cos/sin cache
 
@@ -164,37 +165,58 @@ ROPE = Op(
 
 
 def rope_and_cache_reference(
-    q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
-):
+    q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """1. rope_reference(q, k, positions, cos_sin_cache) in place;
     2. for every token t with slot_mapping[t] >= 0, write the rotated k[t] and v[t] to
        key_cache / value_cache at slot = block * block_size + offset (the cache viewed
-       as [num_blocks * block_size, Hkv, D]); negative slots (padding) are skipped.
+       as [num_blocks * block_size, Hkv, D]); negative slots (padding) are skipped;
+    3. with float8_e4m3fn caches, what is written is fp8_quantize(k[t], k_scale) and
+       fp8_quantize(v[t], v_scale) of the activation-dtype values (kernels/fp8.py: x / scale
+       in fp32, clamped to +-448, rounded to nearest even; NaN stays NaN, inf saturates).
     """
     rope_reference(q, k, positions, cos_sin_cache)
     valid = slot_mapping >= 0
     slots = slot_mapping[valid].long()
-    key_cache.view(-1, *key_cache.shape[2:])[slots] = k[valid]
-    value_cache.view(-1, *value_cache.shape[2:])[slots] = v[valid]
+    rows_k, rows_v = k[valid], v[valid]
+    if key_cache.dtype == FP8_DTYPE:
+        width = rows_k.shape[-1]
+        rows_k = fp8_quantize_reference(rows_k.reshape(-1, width), k_scale, "tensor")[0]
+        rows_v = fp8_quantize_reference(rows_v.reshape(-1, width), v_scale, "tensor")[0]
+    key_cache.view(-1, *key_cache.shape[2:])[slots] = rows_k.view(-1, *key_cache.shape[2:])
+    value_cache.view(-1, *value_cache.shape[2:])[slots] = rows_v.view(-1, *value_cache.shape[2:])
     return q, k
 
 
-def rope_and_cache_native(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
+def _code_view(cache: torch.Tensor) -> torch.Tensor:
+    """E4M3 caches cross the op boundary as uint8 views (kernels/custom_ops.py)."""
+    return cache.view(torch.uint8) if cache.dtype == FP8_DTYPE else cache
+
+
+def rope_and_cache_native(
+    q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """cpu and cuda backends: torch.ops.reward_engine.rope_and_cache on q's device."""
     custom_ops.rope_and_cache(
-        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
-    )
+        q, k, v, positions, cos_sin_cache, _code_view(key_cache), _code_view(value_cache),
+        slot_mapping, k_scale, v_scale,
+    )  # fmt: skip
     return q, k
 
 
 rope_and_cache_cpu = rope_and_cache_native
 
 
-def rope_and_cache_cuda(q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping):
+def rope_and_cache_cuda(
+    q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     num_slots = key_cache.shape[0] * key_cache.shape[1]
     check_indices_on_device(positions, cos_sin_cache.shape[0], slot_mapping, num_slots)
     return rope_and_cache_native(
-        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping
+        q, k, v, positions, cos_sin_cache, key_cache, value_cache, slot_mapping, k_scale, v_scale
     )
 
 
@@ -266,14 +288,25 @@ def rope_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
     *,
+    k_scale: torch.Tensor | float | None = None,
+    v_scale: torch.Tensor | float | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rope(q, k, ...) in place, then k (rotated) and v [T, Hkv, D] written to the paged
     caches [num_blocks, block_size, Hkv, D] (contiguous) at slot_mapping[t] (int32/int64,
-    block * block_size + offset; negative = skip). Returns (q, k)."""
+    block * block_size + offset; negative = skip). Returns (q, k).
+
+    The caches hold q's dtype, or float8_e4m3fn: then k_scale and v_scale (per-tensor fp32
+    scales, one per layer, static; required) are given and the cache rows are
+    fp8_quantize(k, k_scale) and fp8_quantize(v, v_scale) of the rotated k and of v.
+    """
     op = "rope_and_cache"
     _check_rope_args(q, k, positions, cos_sin_cache)
-    check_same(op, "q", q, v=v, key_cache=key_cache, value_cache=value_cache)
+    check_same(op, "q", q, v=v)
+    check_same(op, "key_cache", key_cache, value_cache=value_cache)
+    if key_cache.device != q.device:
+        raise ValueError(f"{op}: key_cache is on {key_cache.device} but q is on {q.device}")
+    k_scale, v_scale = kv_cache_scales(op, q.dtype, key_cache, k_scale, v_scale)
     if v.shape != k.shape or (v.stride(-1) != 1 and v.numel()):
         raise ValueError(
             f"{op}: v {tuple(v.shape)} must match k {tuple(k.shape)}, last dim contiguous"
@@ -295,7 +328,8 @@ def rope_and_cache(
             f"got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
         )
     impl = ROPE_AND_CACHE.select(q.device, backend)
+    scales = {} if k_scale is None else {"k_scale": k_scale, "v_scale": v_scale}
     return impl(
         q, k, v, positions.contiguous(), cos_sin_cache.contiguous(), key_cache, value_cache,
-        slot_mapping.contiguous(),
+        slot_mapping.contiguous(), **scales,
     )  # fmt: skip

@@ -50,8 +50,11 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                              int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
                              int64_t num_seqs, int64_t max_blocks_per_seq,
                              uintptr_t query_start_loc, uintptr_t context_lens, double scale,
-                             int dtype, int num_threads) {
+                             bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale, int dtype,
+                             int num_threads) {
   check_dtype(dtype, "paged_prefill_attention");
+  check(!kv_fp8 || (k_scale != 0 && v_scale != 0),
+        "paged_prefill_attention: an E4M3 cache needs k_scale and v_scale");
   check(num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
         "paged_prefill_attention: q heads must be a multiple of kv heads");
   check(head_dim > 0 && block_size > 0 && num_seqs >= 0, "paged_prefill_attention: bad sizes");
@@ -93,8 +96,11 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                      reinterpret_cast<const void*>(value_cache), block_size, num_q_heads,
                      num_kv_heads, head_dim, tables, max_blocks_per_seq,
                      reinterpret_cast<void*>(out), out_token_stride, out_head_stride,
-                     float(scale), tokens_per_unit};
-  AttentionFn fn = active_kernels().paged_attention[dtype];
+                     float(scale), tokens_per_unit,
+                     kv_fp8 ? *reinterpret_cast<const float*>(k_scale) : 1.0f,
+                     kv_fp8 ? *reinterpret_cast<const float*>(v_scale) : 1.0f};
+  const KernelTable& kernels = active_kernels();
+  AttentionFn fn = kv_fp8 ? kernels.paged_attention_fp8[dtype] : kernels.paged_attention[dtype];
   const int64_t n = int64_t(sorted.size());
   // About 4 * group * head_dim flops per (token, key) pair; a thread pays off
   // from roughly a millisecond of work.

@@ -9,6 +9,11 @@
 //   PV: lane m of a P vector holds (P[n][m], P[n+1][m]); V is repacked per
 //       chunk into pairs (V[n][d], V[n+1][d]) to broadcast the same way.
 //
+// An E4M3 cache (C = e4m3) is decoded to bf16 as its rows are packed: every E4M3
+// value (3 mantissa bits, exponents 2^-9 .. 2^8) is a normal bf16 number, so the
+// decode is exact and the products stay exact; k_scale joins the softmax scale and
+// v_scale the output, as in attention_kernels.h.
+//
 // Numerics: Q and K are used exactly (bf16 products are exact in fp32, summed
 // in fp32); scores are scaled in fp32 after the dot product; the probabilities
 // are rounded to bf16 for the PV product, as GPU flash attention does, while
@@ -23,6 +28,7 @@
 #include <cstdint>
 
 #include "attention_kernels.h"
+#include "fp8.h"
 #include "vec_avx512.h"
 
 namespace reward_engine::cpu {
@@ -44,8 +50,50 @@ inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
 }
 
-inline void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* units,
-                                         int64_t begin, int64_t end) {
+// 32 E4M3 codes (bytes) -> their bf16 bit patterns, exactly: a normal code's exponent
+// is rebiased (7 -> 127) and its mantissa moved up 4 bits; a subnormal one
+// (m * 2^-9, m < 8) comes from a table; magnitude 0x7F is NaN (0x7FC0, sign kept).
+inline __m512i e4m3_to_bf16(__m256i codes) {
+  const __m512i x = _mm512_cvtepu8_epi16(codes);
+  const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi16(0x7f));
+  const __m512i sign = _mm512_slli_epi16(_mm512_and_si512(x, _mm512_set1_epi16(0x80)), 8);
+  const __m512i normal = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(120 << 7));
+  // bf16 bits of m * 2^-9 for m = 0..7 (the rest of the 32 entries are not selected)
+  const __m512i table = _mm512_set_epi16(
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0, 0x3b80, 0x3b00, 0);
+  const __m512i subnormal = _mm512_permutexvar_epi16(mag, table);
+  __m512i r = _mm512_mask_blend_epi16(_mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)),
+                                      normal, subnormal);
+  r = _mm512_mask_blend_epi16(_mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f)), r,
+                              _mm512_set1_epi16(0x7fc0));
+  return _mm512_or_si512(r, sign);
+}
+
+// The first n (<= 32) values of a cache row as bf16 bits in 16-bit lanes, zero past n.
+inline __m512i bf16_row(const uint16_t* row, int64_t n) {
+  return _mm512_maskz_loadu_epi16(lane_mask32(n), row);
+}
+inline __m512i bf16_row(const e4m3* row, int64_t n) {
+  return e4m3_to_bf16(_mm256_maskz_loadu_epi8(lane_mask32(n), row));
+}
+
+// 16 values of a cache row, each zero-extended from bf16 bits to a 32-bit lane.
+inline __m512i bf16_lanes(const uint16_t* row) {
+  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)));
+}
+inline __m512i bf16_lanes(const e4m3* row) {
+  const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+  return _mm512_cvtepu16_epi32(_mm512_castsi512_si256(e4m3_to_bf16(_mm256_castsi128_si256(codes))));
+}
+
+inline uint32_t bf16_bits(uint16_t v) { return v; }
+inline uint32_t bf16_bits(e4m3 v) { return float_to_bf16(e4m3_to_float(v.bits)); }
+
+// C: the caches' element type, bf16 bits (uint16_t) or e4m3.
+template <class C>
+void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* units,
+                                  int64_t begin, int64_t end) {
   using V = VecAVX512;
   constexpr int W = 16;
   constexpr int MB = 4;  // row vectors per register tile
@@ -69,9 +117,10 @@ inline void paged_attention_units_bf16dp(const AttentionArgs& a, const Attention
   float* state = reinterpret_cast<float*>(vp + kPairs * Dp);
   const RowState rs{state, state + Mp, state + 2 * Mp, state + 3 * Mp};
 
-  const uint16_t* key_cache = static_cast<const uint16_t*>(a.key_cache);
-  const uint16_t* value_cache = static_cast<const uint16_t*>(a.value_cache);
-  const __m512 scale = _mm512_set1_ps(a.scale);
+  const C* key_cache = static_cast<const C*>(a.key_cache);
+  const C* value_cache = static_cast<const C*>(a.value_cache);
+  const __m512 scale = _mm512_set1_ps(a.scale * a.k_scale);
+  constexpr int64_t kLineElems = 64 / int64_t(sizeof(C));  // cache-row elements per line
 
   for (int64_t u = begin; u < end; ++u) {
     const AttentionUnit& unit = units[u];
@@ -100,8 +149,8 @@ inline void paged_attention_units_bf16dp(const AttentionArgs& a, const Attention
       // K rows as dimension pairs (an odd head_dim gets a zero partner); V rows
       // interleaved two keys at a time. Padding keys are zero.
       for (int64_t n = 0; n < nkp; n += 2) {
-        const uint16_t* k_row[2] = {nullptr, nullptr};
-        const uint16_t* v_row[2] = {nullptr, nullptr};
+        const C* k_row[2] = {nullptr, nullptr};
+        const C* v_row[2] = {nullptr, nullptr};
         for (int i = 0; i < 2; ++i) {
           if (n + i < nk) {
             const int64_t offset = kv_offset(a, table, unit.kv_head, c0 + n + i);
@@ -113,7 +162,7 @@ inline void paged_attention_units_bf16dp(const AttentionArgs& a, const Attention
           const int64_t ahead = c0 + kKeyChunk + n + i;
           if (ahead < num_keys) {
             const int64_t offset = kv_offset(a, table, unit.kv_head, ahead);
-            for (int64_t d = 0; d < D; d += 32) {
+            for (int64_t d = 0; d < D; d += kLineElems) {
               _mm_prefetch(reinterpret_cast<const char*>(key_cache + offset + d), _MM_HINT_T0);
               _mm_prefetch(reinterpret_cast<const char*>(value_cache + offset + d), _MM_HINT_T0);
             }
@@ -122,22 +171,19 @@ inline void paged_attention_units_bf16dp(const AttentionArgs& a, const Attention
         for (int i = 0; i < 2; ++i) {
           uint16_t* dst = reinterpret_cast<uint16_t*>(kp + (n + i) * D2);
           for (int64_t d = 0; d < 2 * D2; d += 32) {
-            const __mmask32 valid = lane_mask32(D - d), out = lane_mask32(2 * D2 - d);
-            const __m512i k = k_row[i] ? _mm512_maskz_loadu_epi16(valid, k_row[i] + d)
-                                       : _mm512_setzero_si512();
-            _mm512_mask_storeu_epi16(dst + d, out, k);
+            const __m512i k = k_row[i] ? bf16_row(k_row[i] + d, D - d) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi16(dst + d, lane_mask32(2 * D2 - d), k);
           }
         }
         uint32_t* dst = vp + (n / 2) * Dp;
         int64_t d = 0;
         for (; d + W <= D && v_row[1]; d += W) {
-          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v_row[0] + d)));
-          const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v_row[1] + d)));
+          const __m512i lo = bf16_lanes(v_row[0] + d), hi = bf16_lanes(v_row[1] + d);
           _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
         for (; d < Dp; ++d) {
-          const uint32_t lo = v_row[0] && d < D ? v_row[0][d] : 0;
-          const uint32_t hi = v_row[1] && d < D ? v_row[1][d] : 0;
+          const uint32_t lo = v_row[0] && d < D ? bf16_bits(v_row[0][d]) : 0;
+          const uint32_t hi = v_row[1] && d < D ? bf16_bits(v_row[1][d]) : 0;
           dst[d] = lo | (hi << 16);
         }
       }

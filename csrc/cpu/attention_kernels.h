@@ -13,7 +13,10 @@
 //
 // Numerics: fp32 throughout (inputs converted exactly), online softmax
 // (running max m, running sum l, rescale by exp(m_old - m_new)), output O / l
-// rounded once to T.
+// rounded once to T. The cache element type C is T, or e4m3 for a quantized
+// cache: its codes are decoded exactly and the scales folded in, k_scale into
+// the query pre-scale (scale * k_scale) and v_scale into the output
+// (O * v_scale / l); both are 1 for a T cache, which leaves those products exact.
 #pragma once
 
 #include <stdlib.h>
@@ -115,7 +118,7 @@ inline void softmax_chunk(float* st, const RowState& r, int64_t nkp, int64_t Mp)
   }
 }
 
-// out[t, h, d] = Ot[d][m] / l[m], rounded once to T.
+// out[t, h, d] = Ot[d][m] * (v_scale / l[m]), rounded once to T.
 template <class T>
 inline void store_output(const AttentionArgs& a, const AttentionUnit& unit, const float* ot,
                          const RowState& r, int64_t group, int64_t rows, int64_t Mp) {
@@ -123,7 +126,7 @@ inline void store_output(const AttentionArgs& a, const AttentionUnit& unit, cons
     const int64_t t = unit.token_begin + m / group;
     const int64_t h = unit.kv_head * group + m % group;
     T* o = static_cast<T*>(a.out) + t * a.out_token_stride + h * a.out_head_stride;
-    const float inv = 1.0f / r.sum[m];
+    const float inv = a.v_scale / r.sum[m];
     for (int64_t d = 0; d < a.head_dim; ++d) store_float(o + d, ot[d * Mp + m] * inv);
   }
 }
@@ -144,7 +147,8 @@ inline int64_t kv_offset(const AttentionArgs& a, const int32_t* table, int64_t k
   return (slot * a.num_kv_heads + kv_head) * a.head_dim;
 }
 
-template <class V, class T>
+// T: the element type of q and out; C: the caches' (T, or e4m3).
+template <class V, class T, class C = T>
 void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, int64_t begin,
                            int64_t end) {
   using F = typename V::F;
@@ -163,8 +167,9 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
   const RowState rs{vf + kKeyChunk * Dp, vf + kKeyChunk * Dp + Mp, vf + kKeyChunk * Dp + 2 * Mp,
                     vf + kKeyChunk * Dp + 3 * Mp};
 
-  const T* key_cache = static_cast<const T*>(a.key_cache);
-  const T* value_cache = static_cast<const T*>(a.value_cache);
+  const C* key_cache = static_cast<const C*>(a.key_cache);
+  const C* value_cache = static_cast<const C*>(a.value_cache);
+  const float q_scale = a.scale * a.k_scale;
 
   for (int64_t u = begin; u < end; ++u) {
     const AttentionUnit& unit = units[u];
@@ -178,7 +183,7 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
     for (int64_t i = 0; i < Dp * Mp; ++i) qt[i] = ot[i] = 0.0f;
     for (int64_t m = 0; m < rows; ++m) {
       const T* q = query_row<T>(a, unit, group, m);
-      for (int64_t d = 0; d < D; ++d) qt[d * Mp + m] = to_float(q[d]) * a.scale;
+      for (int64_t d = 0; d < D; ++d) qt[d * Mp + m] = to_float(q[d]) * q_scale;
     }
 
     const int64_t num_keys = unit.first_pos + tokens;  // causal limit of the last row
@@ -188,8 +193,8 @@ void paged_attention_units(const AttentionArgs& a, const AttentionUnit* units, i
       for (int64_t n = 0; n < nkp; ++n) {
         if (n < nk) {
           const int64_t offset = kv_offset(a, table, unit.kv_head, c0 + n);
-          row_to_float<V, T>(key_cache + offset, kf + n * Dp, D, Dp);
-          row_to_float<V, T>(value_cache + offset, vf + n * Dp, D, Dp);
+          row_to_float<V, C>(key_cache + offset, kf + n * Dp, D, Dp);
+          row_to_float<V, C>(value_cache + offset, vf + n * Dp, D, Dp);
         } else {
           for (int64_t d = 0; d < Dp; ++d) kf[n * Dp + d] = vf[n * Dp + d] = 0.0f;
         }

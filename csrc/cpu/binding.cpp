@@ -37,8 +37,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("v_head_stride"), py::arg("positions"), py::arg("positions_int64"),
         py::arg("cos_sin_cache"), py::arg("max_position"), py::arg("key_cache"),
         py::arg("value_cache"), py::arg("num_slots"), py::arg("slot_mapping"),
-        py::arg("slots_int64"), py::arg("num_tokens"), py::arg("head_dim"), py::arg("dtype"),
-        py::arg("num_threads"));
+        py::arg("slots_int64"), py::arg("num_tokens"), py::arg("head_dim"), py::arg("kv_fp8"),
+        py::arg("k_scale"), py::arg("v_scale"), py::arg("dtype"), py::arg("num_threads"));
   m.def("paged_prefill_attention", &cpu::paged_prefill_attention, release(), py::arg("out"),
         py::arg("out_token_stride"), py::arg("out_head_stride"), py::arg("q"),
         py::arg("q_token_stride"), py::arg("q_head_stride"), py::arg("num_tokens"),
@@ -46,7 +46,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_blocks"), py::arg("block_size"), py::arg("num_kv_heads"),
         py::arg("head_dim"), py::arg("block_tables"), py::arg("num_seqs"),
         py::arg("max_blocks_per_seq"), py::arg("query_start_loc"), py::arg("context_lens"),
-        py::arg("scale"), py::arg("dtype"), py::arg("num_threads"));
+        py::arg("scale"), py::arg("kv_fp8"), py::arg("k_scale"), py::arg("v_scale"),
+        py::arg("dtype"), py::arg("num_threads"));
   m.def("fp8_quantize", &cpu::fp8_quantize, release(), py::arg("out"), py::arg("x"),
         py::arg("rows"), py::arg("cols"), py::arg("out_stride"), py::arg("x_stride"),
         py::arg("scale"), py::arg("granularity"), py::arg("dynamic"), py::arg("dtype"),

@@ -27,6 +27,11 @@ struct bf16 {
 struct fp16 {
   uint16_t bits;
 };
+// FP8 E4M3 (torch.float8_e4m3fn) code, storage only: the KV cache's element type when
+// it is quantized. Decoded exactly to fp32 (csrc/cpu/fp8.h, and each vector type's load).
+struct e4m3 {
+  uint8_t bits;
+};
 
 static inline float bits_to_float(uint32_t u) {
   float f;

@@ -44,7 +44,9 @@ struct SiluMulArgs {
 
 // Paged KV cache: key_cache/value_cache [num_blocks, block_size, num_kv_heads,
 // head_dim], contiguous; token j of a sequence lives in block
-// block_tables[seq][j / block_size] at offset j % block_size.
+// block_tables[seq][j / block_size] at offset j % block_size. The caches hold the
+// activation dtype (k_scale = v_scale = 1), or E4M3 codes whose values are
+// code * k_scale and code * v_scale.
 struct AttentionArgs {
   const void* q;  // [tokens, num_q_heads, head_dim], last dim contiguous
   int64_t q_token_stride;
@@ -62,6 +64,8 @@ struct AttentionArgs {
   int64_t out_head_stride;
   float scale;
   int64_t tokens_per_unit;  // the most new tokens any AttentionUnit holds
+  float k_scale;
+  float v_scale;
 };
 
 // Queries [token_begin, token_end) (global token indices) of one sequence, for the
@@ -137,6 +141,7 @@ struct KernelTable {
   RopeRowsFn rope[3];
   SiluMulRowsFn silu_mul[3];
   AttentionFn paged_attention[3];
+  AttentionFn paged_attention_fp8[3];  // E4M3 caches, by the dtype of q and out
   Fp8GemmPanelFn fp8_gemm_panel;
   Fp8QuantizeRowFn fp8_quantize_row[3];
   RowAmaxFn row_amax[3];

@@ -24,6 +24,8 @@ constexpr KernelTable make_kernel_table() {
       {&silu_mul_rows<V, float>, &silu_mul_rows<V, bf16>, &silu_mul_rows<V, fp16>},
       {&paged_attention_units<V, float>, &paged_attention_units<V, bf16>,
        &paged_attention_units<V, fp16>},
+      {&paged_attention_units<V, float, e4m3>, &paged_attention_units<V, bf16, e4m3>,
+       &paged_attention_units<V, fp16, e4m3>},
       &fp8_gemm_panel<V>,
       // the FP8 row kernels are plain loops: each ISA's compiler flags vectorize them
       {&quantize_row_of<float>, &quantize_row_of<bf16>, &quantize_row_of<fp16>},

@@ -1,4 +1,4 @@
-// The avx512 kernels, with bf16 attention on VDPBF16PS. Compiled with the
+// The avx512 kernels, with bf16 attention (bf16 or E4M3 caches) on VDPBF16PS. Compiled with the
 // avx512 flags plus -mavx512bf16 (see setup.py); used only after isa.cpp has
 // checked at run time that the CPU supports AVX512-BF16.
 #include "attention_bf16_kernels.h"
@@ -9,7 +9,8 @@ namespace reward_engine::cpu {
 const KernelTable& avx512_bf16_kernels() {
   static const KernelTable table = [] {
     KernelTable t = avx512_kernels();
-    t.paged_attention[kBFloat16] = &paged_attention_units_bf16dp;
+    t.paged_attention[kBFloat16] = &paged_attention_units_bf16dp<uint16_t>;
+    t.paged_attention_fp8[kBFloat16] = &paged_attention_units_bf16dp<e4m3>;
     return t;
   }();
   return table;

@@ -35,7 +35,9 @@ void silu_mul(uintptr_t out, uintptr_t x, int64_t rows, int64_t inter, int64_t o
 // rope(...) on q and k, then k (rotated) and v [tokens, kv_heads, head_dim] are
 // written to key_cache / value_cache [num_blocks, block_size, kv_heads, head_dim]
 // (contiguous) at slot_mapping[t] = block * block_size + offset; negative slots
-// are skipped. Every slot is checked before anything is written.
+// are skipped. Every slot is checked before anything is written. kv_fp8: the
+// caches hold E4M3 codes of k / *k_scale and v / *v_scale (fp32 scalars;
+// exactly fp8_quantize of the activation-dtype rows), else the activation dtype.
 void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     int64_t num_q_heads, uintptr_t k, int64_t k_token_stride,
                     int64_t k_head_stride, int64_t num_kv_heads, uintptr_t v,
@@ -43,12 +45,14 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
                     uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
                     uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
-                    int64_t head_dim, int dtype, int num_threads);
+                    int64_t head_dim, bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale,
+                    int dtype, int num_threads);
 
 // Causal attention of the packed new tokens of num_seqs sequences over their
 // paged KV cache. Sequence s owns q rows [query_start_loc[s], query_start_loc[s+1])
 // (int64), has context_lens[s] (int64) tokens in the cache including the new
 // ones, which sit at absolute positions context_len - query_len .. context_len - 1.
+// kv_fp8: the caches hold E4M3 codes; keys are code * *k_scale, values code * *v_scale.
 void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t out_head_stride,
                              uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                              int64_t num_tokens, int64_t num_q_heads, uintptr_t key_cache,
@@ -56,7 +60,8 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                              int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
                              int64_t num_seqs, int64_t max_blocks_per_seq,
                              uintptr_t query_start_loc, uintptr_t context_lens, double scale,
-                             int dtype, int num_threads);
+                             bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale, int dtype,
+                             int num_threads);
 
 // FP8 E4M3 quantization of x [rows, cols] into out (uint8 codes) with fp32
 // scales: granularity kFp8PerTensor (scale[0]), kFp8PerToken (scale[rows]) or

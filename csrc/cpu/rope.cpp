@@ -77,7 +77,8 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
                     uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
                     uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
-                    int64_t head_dim, int dtype, int num_threads) {
+                    int64_t head_dim, bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale,
+                    int dtype, int num_threads) {
   const RopeArgs args = checked_rope_args(q, q_token_stride, q_head_stride, num_q_heads, k,
                                           k_token_stride, k_head_stride, num_kv_heads, positions,
                                           positions_int64, cos_sin_cache, max_position,
@@ -85,6 +86,8 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
   if (num_tokens <= 0) return;
   check(v != 0 && key_cache != 0 && value_cache != 0 && slot_mapping != 0,
         "rope_and_cache: null pointer");
+  check(!kv_fp8 || (k_scale != 0 && v_scale != 0),
+        "rope_and_cache: an E4M3 cache needs k_scale and v_scale");
   auto slot_of = [&](int64_t t) {
     return slots_int64 ? reinterpret_cast<const int64_t*>(slot_mapping)[t]
                        : int64_t(reinterpret_cast<const int32_t*>(slot_mapping)[t]);
@@ -97,11 +100,24 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
     }
   }
   const int64_t elem = element_size(dtype);
-  const int64_t row_bytes = head_dim * elem;
+  const int64_t cache_elem = kv_fp8 ? 1 : elem;
   const int64_t slot_elems = num_kv_heads * head_dim;
-  RopeRowsFn rope_fn = active_kernels().rope[dtype];
+  const KernelTable& kernels = active_kernels();
+  RopeRowsFn rope_fn = kernels.rope[dtype];
+  // An E4M3 cache row is fp8_quantize(row, scale) with the per-tensor scale: the same
+  // row kernel as fp8_quantize, so the bytes equal the reference's.
+  const Fp8QuantizeRowFn quantize_row = kernels.fp8_quantize_row[dtype];
+  const float* scales[2] = {reinterpret_cast<const float*>(k_scale),
+                            reinterpret_cast<const float*>(v_scale)};
+  auto store_row = [&](char* dst, const char* src, int which) {
+    if (kv_fp8) {
+      quantize_row(reinterpret_cast<uint8_t*>(dst), src, scales[which], 0, head_dim);
+    } else {
+      std::memcpy(dst, src, size_t(head_dim * elem));
+    }
+  };
   // One pass: each chunk of tokens is rotated, then its k and v rows are copied
-  // into the cache while they are still in this core's cache.
+  // (or quantized) into the cache while they are still in this core's cache.
   auto rotate_and_store = [&](int64_t begin, int64_t end) {
     rope_fn(args, begin, end);
     auto* kc = reinterpret_cast<char*>(key_cache);
@@ -110,16 +126,16 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
       const int64_t slot = slot_of(t);
       if (slot < 0) continue;
       for (int64_t h = 0; h < num_kv_heads; ++h) {
-        const int64_t dst = (slot * slot_elems + h * head_dim) * elem;
+        const int64_t dst = (slot * slot_elems + h * head_dim) * cache_elem;
         const int64_t ks = (t * k_token_stride + h * k_head_stride) * elem;
         const int64_t vs = (t * v_token_stride + h * v_head_stride) * elem;
-        std::memcpy(kc + dst, reinterpret_cast<const char*>(k) + ks, size_t(row_bytes));
-        std::memcpy(vc + dst, reinterpret_cast<const char*>(v) + vs, size_t(row_bytes));
+        store_row(kc + dst, reinterpret_cast<const char*>(k) + ks, 0);
+        store_row(vc + dst, reinterpret_cast<const char*>(v) + vs, 1);
       }
     }
   };
   constexpr int64_t kTokensPerChunk = 32;  // q, k, v rows of a chunk stay in L2
-  const int64_t bytes = num_tokens * (num_q_heads + 3 * num_kv_heads) * row_bytes * 2;
+  const int64_t bytes = num_tokens * (num_q_heads + 3 * num_kv_heads) * head_dim * elem * 2;
   parallel_for(num_tokens, threads_for(bytes, num_tokens, num_threads), rotate_and_store,
                (num_tokens + kTokensPerChunk - 1) / kTokensPerChunk);
 }

@@ -69,6 +69,9 @@ struct VecAVX2 {
   static F load(const fp16* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
+  static F load(const e4m3* p) {
+    return decode_e4m3(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   // First n (< W) lanes from p, the rest zero.
   static F load(const float* p, int n) { return _mm256_maskload_ps(p, lane_mask(n)); }
   template <class T16>
@@ -103,6 +106,21 @@ struct VecAVX2 {
   }
 
  private:
+  // Exact E4M3 -> fp32 of one code per 32-bit lane, with integer ops: a normal code's
+  // exponent is rebiased (7 -> 127) and its 3 mantissa bits moved to the top of fp32's;
+  // a subnormal one (exponent 0) is mantissa * 2^-9; magnitude 0x7F is NaN.
+  static F decode_e4m3(__m256i v) {
+    const __m256i mag = _mm256_and_si256(v, _mm256_set1_epi32(0x7f));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
+    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
+    const F subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0.001953125f));
+    const __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag);
+    const __m256i is_nan = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));
+    F r = _mm256_blendv_ps(_mm256_castsi256_ps(normal), subnormal, _mm256_castsi256_ps(is_sub));
+    r = _mm256_blendv_ps(r, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)),
+                         _mm256_castsi256_ps(is_nan));
+    return _mm256_or_ps(r, _mm256_castsi256_ps(sign));
+  }
   static __m256i lane_mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }

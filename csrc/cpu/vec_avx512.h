@@ -62,11 +62,17 @@ struct VecAVX512 {
   static F load(const fp16* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
+  static F load(const e4m3* p) {
+    return decode_e4m3(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   // First n (< W) lanes from p, the rest zero; masked, so nothing past p + n is read.
   static F load(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static F load(const bf16* p, int n) { return widen_bf16(_mm256_maskz_loadu_epi16(mask(n), p)); }
   static F load(const fp16* p, int n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+  static F load(const e4m3* p, int n) {
+    return decode_e4m3(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask(n), p)));
   }
 
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
@@ -90,6 +96,18 @@ struct VecAVX512 {
 
  private:
   static __mmask16 mask(int n) { return __mmask16((1u << n) - 1u); }
+  // Exact E4M3 -> fp32, one code per 32-bit lane (same method as VecAVX2::decode_e4m3).
+  static F decode_e4m3(__m512i v) {
+    const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
+    const __m512i normal = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));
+    const F subnormal = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0.001953125f));
+    F r = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8)),
+                               _mm512_castsi512_ps(normal), subnormal);
+    r = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f)), r,
+                             _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+  }
   static F widen_bf16(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "dtype.h"
+#include "fp8.h"
 
 namespace reward_engine::cpu {
 namespace {  // internal linkage: see dtype.h
@@ -30,6 +31,7 @@ struct VecScalar {
   static F from_i32(const int32_t* p) { return float(*p); }
   static F load(const bf16* p) { return bf16_to_float(p->bits); }
   static F load(const fp16* p) { return fp16_to_float(p->bits); }
+  static F load(const e4m3* p) { return e4m3_to_float(p->bits); }
   template <class T>
   static F load(const T* p, int) { return load(p); }
 

@@ -24,7 +24,7 @@ void launch_attention(Kernel kernel, dim3 grid, int threads, size_t smem, cudaSt
   kernel<<<grid, threads, smem, stream>>>(p);
 }
 
-template <class T>
+template <class T, bool kFp8>
 void launch_mma(const AttentionParams& p, int64_t num_tokens, int64_t num_seqs,
                 cudaStream_t stream) {
   using namespace mma_attention;
@@ -32,9 +32,19 @@ void launch_mma(const AttentionParams& p, int64_t num_tokens, int64_t num_seqs,
                   unsigned(num_seqs));
   const size_t smem = smem_bytes(p.head_dim);
   if (p.head_dim == 64) {
-    launch_attention(&paged_attention_mma_kernel<T, 64>, grid, kThreads, smem, stream, p);
+    launch_attention(&paged_attention_mma_kernel<T, 64, kFp8>, grid, kThreads, smem, stream, p);
   } else {
-    launch_attention(&paged_attention_mma_kernel<T, 128>, grid, kThreads, smem, stream, p);
+    launch_attention(&paged_attention_mma_kernel<T, 128, kFp8>, grid, kThreads, smem, stream, p);
+  }
+}
+
+template <class T>
+void launch_mma(const AttentionParams& p, int64_t num_tokens, int64_t num_seqs,
+                cudaStream_t stream) {
+  if (p.kv_fp8) {
+    launch_mma<T, true>(p, num_tokens, num_seqs, stream);
+  } else {
+    launch_mma<T, false>(p, num_tokens, num_seqs, stream);
   }
 }
 
@@ -47,9 +57,12 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                              int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
                              int64_t num_seqs, int64_t max_blocks_per_seq,
                              uintptr_t query_start_loc, uintptr_t context_lens, double scale,
-                             int dtype, uintptr_t stream) {
+                             bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale, int dtype,
+                             uintptr_t stream) {
   const char* op = "paged_prefill_attention";
   check_dtype(dtype, op);
+  check(!kv_fp8 || (k_scale && v_scale),
+        "paged_prefill_attention: an E4M3 cache needs k_scale and v_scale");
   check(num_q_heads > 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0,
         "paged_prefill_attention: q heads must be a positive multiple of kv heads");
   check(head_dim > 0 && head_dim <= kMaxHeadDim,
@@ -64,7 +77,9 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                     reinterpret_cast<const void*>(value_cache), block_size, num_q_heads,
                     num_kv_heads, head_dim, reinterpret_cast<const int32_t*>(block_tables),
                     max_blocks_per_seq, reinterpret_cast<const int64_t*>(query_start_loc),
-                    reinterpret_cast<const int64_t*>(context_lens), float(scale)};
+                    reinterpret_cast<const int64_t*>(context_lens), float(scale), kv_fp8,
+                    reinterpret_cast<const float*>(k_scale),
+                    reinterpret_cast<const float*>(v_scale)};
   // Grids span the whole batch's token count: no sequence has more new tokens
   // than that, and tiles past a sequence's own query length exit at once (this
   // avoids reading the lengths on the host).
@@ -81,8 +96,14 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
   const dim3 grid(unsigned((num_tokens + kTileQ - 1) / kTileQ), unsigned(num_q_heads),
                   unsigned(num_seqs));
   dispatch_dtype(dtype, [&](auto tag) {
-    launch_attention(&paged_attention_kernel<decltype(tag)>, grid, kAttnThreads,
-                     attention_smem_bytes(head_dim), s, p);
+    using T = decltype(tag);
+    if (kv_fp8) {
+      launch_attention(&paged_attention_kernel<T, uint8_t>, grid, kAttnThreads,
+                       attention_smem_bytes(head_dim), s, p);
+    } else {
+      launch_attention(&paged_attention_kernel<T, T>, grid, kAttnThreads,
+                       attention_smem_bytes(head_dim), s, p);
+    }
   });
   check_launch(op);
 }

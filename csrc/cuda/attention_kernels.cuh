@@ -8,7 +8,9 @@
 // Query row r sits at absolute position context_len - query_len + tile_start + r
 // and sees keys 0 .. that position (causal over absolute positions, so cached
 // prefixes and chunked prefill are the same case). GQA: q head h reads kv head
-// h / (num_q_heads / num_kv_heads).
+// h / (num_q_heads / num_kv_heads). An E4M3 cache (KV = uint8_t) is decoded
+// exactly as its tiles are loaded; k_scale joins the query pre-scale and v_scale
+// the output (both 1, so both products exact, for a cache in the input type).
 #pragma once
 
 #include "common.cuh"
@@ -34,7 +36,25 @@ struct AttentionParams {
   const int64_t* query_start_loc;
   const int64_t* context_lens;
   float scale;
+  bool kv_fp8;  // E4M3 caches: values are code * *k_scale and code * *v_scale
+  const float* k_scale;
+  const float* v_scale;
 };
+
+// The per-tensor scales of an E4M3 cache, 1 for a cache in the input type.
+__device__ inline float kv_scale(const AttentionParams& p, const float* scale) {
+  return p.kv_fp8 ? *scale : 1.0f;
+}
+
+// One cache element as fp32 (exact): KV is the input type T or uint8_t (E4M3 codes).
+template <class T, class KV>
+__device__ inline float load_kv(const void* cache, int64_t offset) {
+  if constexpr (std::is_same_v<KV, uint8_t>) {
+    return from_e4m3(static_cast<const uint8_t*>(cache)[offset]);
+  } else {
+    return Convert<T>::to_float(static_cast<const T*>(cache)[offset]);
+  }
+}
 
 // Shared memory: q [kTileQ][D], k and v [kTileK][D], scores [kTileQ][kTileK],
 // row max / sum / correction [kTileQ] each.
@@ -42,7 +62,7 @@ inline size_t attention_smem_bytes(int64_t head_dim) {
   return sizeof(float) * size_t((kTileQ + 2 * kTileK) * head_dim + kTileQ * kTileK + 3 * kTileQ);
 }
 
-template <class T>
+template <class T, class KV>
 __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(AttentionParams p) {
   using C = Convert<T>;
   extern __shared__ float smem[];
@@ -66,6 +86,7 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(Attention
   const int64_t kv_head = head / (p.num_q_heads / p.num_kv_heads);
   const int32_t* table = p.block_tables + seq * p.block_table_stride;
   const int tid = threadIdx.x;
+  const float q_scale = p.scale * kv_scale(p, p.k_scale);
 
   for (int64_t e = tid; e < kTileQ * D; e += kAttnThreads) {
     const int64_t r = e / D, d = e % D;
@@ -73,7 +94,7 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(Attention
     if (r < rows) {
       const T* qrow = static_cast<const T*>(p.q) + (q_begin + tile0 + r) * p.q_token_stride +
                       head * p.q_head_stride;
-      v = C::to_float(qrow[d]) * p.scale;
+      v = C::to_float(qrow[d]) * q_scale;
     }
     qs[e] = v;
   }
@@ -97,8 +118,8 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(Attention
         const int64_t pos = k0 + j;
         const int64_t slot = int64_t(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
         const int64_t off = (slot * p.num_kv_heads + kv_head) * D + d;
-        kv = C::to_float(static_cast<const T*>(p.key_cache)[off]);
-        vv = C::to_float(static_cast<const T*>(p.value_cache)[off]);
+        kv = load_kv<T, KV>(p.key_cache, off);
+        vv = load_kv<T, KV>(p.value_cache, off);
       }
       ks[e] = kv;
       vs[e] = vv;
@@ -143,6 +164,7 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(Attention
     }
   }
   __syncthreads();
+  const float v_scale = kv_scale(p, p.v_scale);
 #pragma unroll
   for (int i = 0; i < kMaxOut; ++i) {
     const int64_t e = tid + int64_t(i) * kAttnThreads;
@@ -151,7 +173,7 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(Attention
       if (r < rows) {
         T* orow = static_cast<T*>(p.out) + (q_begin + tile0 + r) * p.out_token_stride +
                   head * p.out_head_stride;
-        orow[d] = C::from_float(acc[i] / row_sum[r]);
+        orow[d] = C::from_float((acc[i] / row_sum[r]) * v_scale);
       }
     }
   }

@@ -17,6 +17,12 @@
 //    two adjacent 8-key tiles is the A layout of one 16-key step).
 // O = acc / sum, rounded once.
 //
+// E4M3 caches (kFp8): the tiles are loaded 8 codes (8 bytes) at a time and
+// converted to T on the way into shared memory (cvt.rn.f16x2.e4m3x2 on sm_89+,
+// its software form on sm_80; then fp16 -> bf16 for bf16). Every E4M3 value is
+// exact in fp16 and in bf16, so the products are those of the decoded cache;
+// k_scale joins the softmax scale and v_scale the output.
+//
 // Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16 x 16, row-major): reg0 = (row g, cols 2t, 2t+1), reg1 = (row g+8, same),
 //                           reg2 = (row g, cols 2t+8, 2t+9), reg3 = (row g+8, same);
@@ -92,8 +98,9 @@ __device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, u
 #undef REWARD_ENGINE_MMA_16816
 
 // Whether the tensor-core kernel takes this call: bf16/fp16, head_dim 64 or
-// 128, and 16-byte aligned rows of q and of the caches, 4-byte aligned output
-// pairs. Everything else runs paged_attention_kernel.
+// 128, and 16-byte aligned rows of q and of the caches (8-byte rows of E4M3
+// codes follow), 4-byte aligned output pairs. Everything else runs
+// paged_attention_kernel.
 inline bool supports(const AttentionParams& p, int dtype) {
   const auto aligned = [](const void* ptr, uintptr_t bytes) {
     return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
@@ -104,7 +111,27 @@ inline bool supports(const AttentionParams& p, int dtype) {
          p.out_token_stride % 2 == 0 && p.out_head_stride % 2 == 0 && aligned(p.out, 4);
 }
 
-template <class T, int D>
+// 8 E4M3 codes -> 8 values of T (bf16 or fp16), exactly, as one 16-byte vector.
+template <class T>
+__device__ inline uint4 e4m3x8_to(uint2 codes) {
+  const uint32_t words[2] = {codes.x, codes.y};
+  uint32_t out[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const auto pair = __nv_fp8x2_storage_t((words[i / 2] >> (16 * (i % 2))) & 0xffffu);
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    if constexpr (std::is_same_v<T, __half>) {
+      out[i] = uint32_t(h.x) | (uint32_t(h.y) << 16);
+    } else {
+      const __nv_bfloat162 b = __float22bfloat162_rn(__half22float2(__half2(h)));
+      out[i] = *reinterpret_cast<const uint32_t*>(&b);
+    }
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// kFp8: the caches hold E4M3 codes (AttentionParams::kv_fp8), else T.
+template <class T, int D, bool kFp8>
 __global__ void __launch_bounds__(kThreads) paged_attention_mma_kernel(AttentionParams p) {
   static_assert(D % 16 == 0, "head_dim must be a multiple of 16");
   constexpr int S = D + kPad;      // shared-memory row stride, elements
@@ -153,10 +180,12 @@ __global__ void __launch_bounds__(kThreads) paged_attention_mma_kernel(Attention
   for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   float m[2] = {kMasked, kMasked};  // running max of rows g and g + 8, log2 units
   float l[2] = {0.0f, 0.0f};        // this thread's share of their sums
-  const float scale_log2 = p.scale * kLog2e;
+  const float scale_log2 = p.scale * kv_scale(p, p.k_scale) * kLog2e;
   const int64_t pos_g = first_pos + warp * 16 + g;  // absolute position of row g
   const auto* kc = static_cast<const uint16_t*>(p.key_cache);
   const auto* vc = static_cast<const uint16_t*>(p.value_cache);
+  const auto* kc8 = static_cast<const uint8_t*>(p.key_cache);
+  const auto* vc8 = static_cast<const uint8_t*>(p.value_cache);
 
   for (int64_t k0 = 0; k0 < kv_end; k0 += kKeys) {
     __syncthreads();  // every warp is done with the previous tile
@@ -168,8 +197,13 @@ __global__ void __launch_bounds__(kThreads) paged_attention_mma_kernel(Attention
         const int64_t slot =
             int64_t(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
         const int64_t off = (slot * p.num_kv_heads + kv_head) * D + col;
-        kv = *reinterpret_cast<const uint4*>(kc + off);
-        vv = *reinterpret_cast<const uint4*>(vc + off);
+        if constexpr (kFp8) {
+          kv = e4m3x8_to<T>(*reinterpret_cast<const uint2*>(kc8 + off));
+          vv = e4m3x8_to<T>(*reinterpret_cast<const uint2*>(vc8 + off));
+        } else {
+          kv = *reinterpret_cast<const uint4*>(kc + off);
+          vv = *reinterpret_cast<const uint4*>(vc + off);
+        }
       }
       *reinterpret_cast<uint4*>(ks + j * S + col) = kv;
       *reinterpret_cast<uint4*>(vs + j * S + col) = vv;
@@ -245,6 +279,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_mma_kernel(Attention
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
   }
+  const float v_scale = kv_scale(p, p.v_scale);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp * 16 + g + 8 * h;
@@ -254,7 +289,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_mma_kernel(Attention
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
         *reinterpret_cast<uint32_t*>(orow + dt * 8 + 2 * t) =
-            pack<T>(o[dt][2 * h] / l[h], o[dt][2 * h + 1] / l[h]);
+            pack<T>(o[dt][2 * h] / l[h] * v_scale, o[dt][2 * h + 1] / l[h] * v_scale);
       }
     }
   }

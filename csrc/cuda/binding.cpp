@@ -45,7 +45,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("positions_int64"), py::arg("cos_sin_cache"), py::arg("max_position"),
         py::arg("key_cache"), py::arg("value_cache"), py::arg("num_slots"),
         py::arg("slot_mapping"), py::arg("slots_int64"), py::arg("num_tokens"),
-        py::arg("head_dim"), py::arg("dtype"), py::arg("stream"));
+        py::arg("head_dim"), py::arg("kv_fp8"), py::arg("k_scale"), py::arg("v_scale"),
+        py::arg("dtype"), py::arg("stream"));
   m.def("paged_prefill_attention", &cuda::paged_prefill_attention, release(), py::arg("out"),
         py::arg("out_token_stride"), py::arg("out_head_stride"), py::arg("q"),
         py::arg("q_token_stride"), py::arg("q_head_stride"), py::arg("num_tokens"),
@@ -53,7 +54,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("num_blocks"), py::arg("block_size"), py::arg("num_kv_heads"),
         py::arg("head_dim"), py::arg("block_tables"), py::arg("num_seqs"),
         py::arg("max_blocks_per_seq"), py::arg("query_start_loc"), py::arg("context_lens"),
-        py::arg("scale"), py::arg("dtype"), py::arg("stream"));
+        py::arg("scale"), py::arg("kv_fp8"), py::arg("k_scale"), py::arg("v_scale"),
+        py::arg("dtype"), py::arg("stream"));
   m.def("fp8_quantize", &cuda::fp8_quantize, release(), py::arg("out"), py::arg("x"),
         py::arg("rows"), py::arg("cols"), py::arg("out_stride"), py::arg("x_stride"),
         py::arg("scale"), py::arg("granularity"), py::arg("dynamic"), py::arg("dtype"),

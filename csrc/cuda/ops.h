@@ -46,9 +46,12 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     bool positions_int64, uintptr_t cos_sin_cache, int64_t max_position,
                     uintptr_t key_cache, uintptr_t value_cache, int64_t num_slots,
                     uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
-                    int64_t head_dim, int dtype, uintptr_t stream);
+                    int64_t head_dim, bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale,
+                    int dtype, uintptr_t stream);
 
 // query_start_loc and context_lens are int64 device arrays, block_tables int32.
+// kv_fp8: E4M3 caches with fp32 scales k_scale / v_scale (device pointers, read by
+// the kernels), as in rope_and_cache.
 void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t out_head_stride,
                              uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                              int64_t num_tokens, int64_t num_q_heads, uintptr_t key_cache,
@@ -56,7 +59,8 @@ void paged_prefill_attention(uintptr_t out, int64_t out_token_stride, int64_t ou
                              int64_t num_kv_heads, int64_t head_dim, uintptr_t block_tables,
                              int64_t num_seqs, int64_t max_blocks_per_seq,
                              uintptr_t query_start_loc, uintptr_t context_lens, double scale,
-                             int dtype, uintptr_t stream);
+                             bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale, int dtype,
+                             uintptr_t stream);
 
 void fp8_quantize(uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, int64_t out_stride,
                   int64_t x_stride, uintptr_t scale, int granularity, bool dynamic, int dtype,

@@ -35,7 +35,7 @@ void rope(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride, int64_t nu
                reinterpret_cast<void*>(k), k_token_stride, k_head_stride, num_kv_heads,
                nullptr, 0, 0, reinterpret_cast<const void*>(positions), positions_int64,
                reinterpret_cast<const float*>(cos_sin_cache), head_dim, nullptr, nullptr,
-               nullptr, false};
+               nullptr, false, false, nullptr, nullptr};
   launch(p, num_tokens, dtype, stream);
 }
 
@@ -46,16 +46,19 @@ void rope_and_cache(uintptr_t q, int64_t q_token_stride, int64_t q_head_stride,
                     bool positions_int64, uintptr_t cos_sin_cache, int64_t /*max_position*/,
                     uintptr_t key_cache, uintptr_t value_cache, int64_t /*num_slots*/,
                     uintptr_t slot_mapping, bool slots_int64, int64_t num_tokens,
-                    int64_t head_dim, int dtype, uintptr_t stream) {
+                    int64_t head_dim, bool kv_fp8, uintptr_t k_scale, uintptr_t v_scale,
+                    int dtype, uintptr_t stream) {
   check(num_tokens == 0 || (v && key_cache && value_cache && slot_mapping),
         "rope_and_cache: null pointer");
+  check(!kv_fp8 || (k_scale && v_scale), "rope_and_cache: an E4M3 cache needs k_scale and v_scale");
   RopeParams p{reinterpret_cast<void*>(q), q_token_stride, q_head_stride, num_q_heads,
                reinterpret_cast<void*>(k), k_token_stride, k_head_stride, num_kv_heads,
                reinterpret_cast<const void*>(v), v_token_stride, v_head_stride,
                reinterpret_cast<const void*>(positions), positions_int64,
                reinterpret_cast<const float*>(cos_sin_cache), head_dim,
                reinterpret_cast<void*>(key_cache), reinterpret_cast<void*>(value_cache),
-               reinterpret_cast<const void*>(slot_mapping), slots_int64};
+               reinterpret_cast<const void*>(slot_mapping), slots_int64, kv_fp8,
+               reinterpret_cast<const float*>(k_scale), reinterpret_cast<const float*>(v_scale)};
   launch(p, num_tokens, dtype, stream);
 }
 

@@ -2,7 +2,10 @@
 // the paged KV-cache write of the rotated k and of v. One thread block per
 // token; threads walk (head, i < head_dim / 2) pairs. Same numerics as the CPU
 // kernel (csrc/cpu/rope_kernels.h): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin
-// in fp32 without fused multiply-adds, rounded once.
+// in fp32 without fused multiply-adds, rounded once. An E4M3 cache (kv_fp8) gets
+// e4m3(x / scale) of the rounded k and of v: an IEEE division (__fdiv_rn) and the
+// saturating conversion of fp8_quantize (csrc/cuda/fp8_kernels.cuh), so its bytes
+// equal the CPU kernel's and the reference's.
 #pragma once
 
 #include "common.cuh"
@@ -24,6 +27,9 @@ struct RopeParams {
   void* value_cache;
   const void* slot_mapping;
   bool slots_int64;
+  bool kv_fp8;  // caches hold E4M3 codes of k / *k_scale and v / *v_scale
+  const float* k_scale;
+  const float* v_scale;
 };
 
 __device__ inline int64_t load_index(const void* p, bool is_int64, int64_t i) {
@@ -54,12 +60,25 @@ __global__ void rope_kernel(RopeParams p) {
   if (slot < 0) return;
   __syncthreads();  // the rotated k of this token is complete
   const int64_t width = p.num_kv_heads * p.head_dim;
+  const T* k = static_cast<const T*>(p.k) + t * p.k_token_stride;
+  const T* v = static_cast<const T*>(p.v) + t * p.v_token_stride;
+  if (p.kv_fp8) {
+    uint8_t* kc = static_cast<uint8_t*>(p.key_cache) + slot * width;
+    uint8_t* vc = static_cast<uint8_t*>(p.value_cache) + slot * width;
+    const float ks = *p.k_scale, vs = *p.v_scale;
+    for (int64_t e = threadIdx.x; e < width; e += blockDim.x) {
+      const int64_t h = e / p.head_dim, d = e % p.head_dim;
+      kc[e] = to_e4m3(__fdiv_rn(C::to_float(k[h * p.k_head_stride + d]), ks));
+      vc[e] = to_e4m3(__fdiv_rn(C::to_float(v[h * p.v_head_stride + d]), vs));
+    }
+    return;
+  }
   T* kc = static_cast<T*>(p.key_cache) + slot * width;
   T* vc = static_cast<T*>(p.value_cache) + slot * width;
   for (int64_t e = threadIdx.x; e < width; e += blockDim.x) {
     const int64_t h = e / p.head_dim, d = e % p.head_dim;
-    kc[e] = static_cast<const T*>(p.k)[t * p.k_token_stride + h * p.k_head_stride + d];
-    vc[e] = static_cast<const T*>(p.v)[t * p.v_token_stride + h * p.v_head_stride + d];
+    kc[e] = k[h * p.k_head_stride + d];
+    vc[e] = v[h * p.v_head_stride + d];
   }
 }
 

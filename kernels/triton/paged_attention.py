@@ -17,6 +17,11 @@ whole GQA group. For each tile of BLOCK_N keys, up to the tile's last query posi
    p = exp2(scores - m_new); l += rowsum(p); acc += p @ v (p rounded to v's dtype, as
    FlashAttention-2 feeds the tensor cores);
 4. out = acc / l, rounded to q's dtype.
+E4M3 caches (KV_FP8; passed as uint8 views of the codes): each K/V tile is decoded to
+fp32 with integer operations (`_e4m3_to_fp32`: exact, the same in the interpreter and on
+every GPU, sm_80 included, which has no E4M3 conversion instructions), then cast to q's
+dtype (exact: every E4M3 value is a normal fp16 and bf16 number); k_scale is folded
+into the softmax scale of step 2 and v_scale into step 4 (out = acc / l * v_scale).
 Masked scores use a large finite negative, not -inf, so a row never computes
 exp(-inf - -inf); every real query row sees key 0, so its sum l is >= 1.
 """
@@ -39,11 +44,24 @@ LOG2E = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp(x) = exp2(x *
 
 
 @triton.jit
+def _e4m3_to_fp32(codes):
+    """E4M3 codes (uint8) -> fp32, exactly: a normal code's exponent is rebiased (7 ->
+    127) and its 3 mantissa bits moved to the top of fp32's; a subnormal one (exponent 0)
+    is mantissa * 2^-9; magnitude 0x7F is NaN; bit 7 is the sign."""
+    x = codes.to(tl.int32)
+    mag = x & 0x7F
+    normal = ((mag << 20) + (120 << 23)).to(tl.float32, bitcast=True)
+    value = tl.where(mag < 8, mag.to(tl.float32) * 0.001953125, normal)
+    value = tl.where(mag == 0x7F, float("nan"), value)
+    return tl.where(x >= 128, -value, value)
+
+
+@triton.jit
 def _attend_keys(
     acc, l_i, m_i, q, q_pos, key_start, key_stop, table, key_cache_ptr, value_cache_ptr,
     qk_scale, block_size, row_elems, kv_head, head_dim,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP32_DOT: tl.constexpr,
-    CAUSAL_MASK: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr, KV_FP8: tl.constexpr,
 ):  # fmt: skip
     """Steps 1-3 for the key tiles in [key_start, key_stop). Without CAUSAL_MASK every
     key of every tile is visible to every row, so no mask is built."""
@@ -59,7 +77,9 @@ def _attend_keys(
             block = tl.load(table + keys // block_size).to(tl.int64)
             kv_mask = d_ok[None, :]
         kv_off = (block * block_size + keys % block_size) * row_elems + kv_head * head_dim
-        k = tl.load(key_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(key_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0)
+        if KV_FP8:
+            k = _e4m3_to_fp32(k).to(q.dtype)
         if FP32_DOT:
             s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
         else:
@@ -71,7 +91,9 @@ def _attend_keys(
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(value_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(value_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0)
+        if KV_FP8:
+            v = _e4m3_to_fp32(v).to(q.dtype)
         if FP32_DOT:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="tf32x3")
         else:
@@ -83,11 +105,12 @@ def _attend_keys(
 @triton.jit
 def _paged_prefill_kernel(
     out_ptr, q_ptr, key_cache_ptr, value_cache_ptr, block_tables_ptr, tiles_ptr,
-    query_start_ptr, context_lens_ptr,
+    query_start_ptr, context_lens_ptr, k_scale_ptr, v_scale_ptr,
     scale, q_stride_t, q_stride_h, out_stride_t, out_stride_h, table_stride,
     block_size, num_kv_heads, head_dim,
     GROUP: tl.constexpr, TILE_TOKENS: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FP32_DOT: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):  # fmt: skip
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -111,7 +134,10 @@ def _paged_prefill_kernel(
     m_i = tl.full([BLOCK_M], MASKED, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    qk_scale = scale * LOG2E
+    if KV_FP8:
+        qk_scale = scale * tl.load(k_scale_ptr) * LOG2E
+    else:
+        qk_scale = scale * LOG2E
     table = block_tables_ptr + seq.to(tl.int64) * table_stride
     row_elems = num_kv_heads * head_dim  # one cache slot: [Hkv, D] contiguous
     # Keys before the tile's first query position are visible to all its rows: whole
@@ -123,15 +149,17 @@ def _paged_prefill_kernel(
     acc, l_i, m_i = _attend_keys(
         acc, l_i, m_i, q, q_pos, 0, open_end, table, key_cache_ptr, value_cache_ptr,
         qk_scale, block_size, row_elems, kv_head, head_dim,
-        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=False,
+        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=False, KV_FP8=KV_FP8,
     )  # fmt: skip
     acc, l_i, m_i = _attend_keys(
         acc, l_i, m_i, q, q_pos, open_end, key_end, table, key_cache_ptr, value_cache_ptr,
         qk_scale, block_size, row_elems, kv_head, head_dim,
-        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=True,
+        BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, FP32_DOT=FP32_DOT, CAUSAL_MASK=True, KV_FP8=KV_FP8,
     )  # fmt: skip
 
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+    if KV_FP8:
+        out = out * tl.load(v_scale_ptr)
     o_off = (q_start + token).to(tl.int64) * out_stride_t + head * out_stride_h
     tl.store(out_ptr + o_off[:, None] + d[None, :], out.to(q.dtype),
              mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
@@ -158,9 +186,13 @@ def _tiles(starts: list[int], lens: list[int], tile_tokens: int) -> list[int]:
 
 
 def paged_prefill_attention_triton(
-    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
-):
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """kernels.paged_prefill_attention's triton backend (arguments checked there)."""
+    kv_fp8 = k_scale is not None
+    if kv_fp8:  # the kernel decodes the codes itself
+        key_cache, value_cache = key_cache.view(torch.uint8), value_cache.view(torch.uint8)
     num_blocks, block_size, num_kv, head_dim = key_cache.shape
     group = q.shape[1] // num_kv
     on_gpu = q.device.type == "cuda"
@@ -187,10 +219,11 @@ def paged_prefill_attention_triton(
     launch(
         _paged_prefill_kernel, (len(tiles) // 2, num_kv), device,
         out, q, key_cache, value_cache, tables, tiles_t, starts_t, lens_t,
+        k_scale if kv_fp8 else lens_t, v_scale if kv_fp8 else lens_t,  # unread unless KV_FP8
         float(scale), q.stride(0), q.stride(1), out.stride(0), out.stride(1), tables.stride(0),
         block_size, num_kv, head_dim,
         GROUP=group, TILE_TOKENS=tile_tokens, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
         BLOCK_D=max(16, next_power_of_2(head_dim)), FP32_DOT=q.dtype == torch.float32,
-        num_warps=8 if on_gpu else 4, num_stages=3 if on_gpu else 1,
+        KV_FP8=kv_fp8, num_warps=8 if on_gpu else 4, num_stages=3 if on_gpu else 1,
     )  # fmt: skip
     return out

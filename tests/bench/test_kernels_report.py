@@ -1,11 +1,14 @@
-"""bench/kernels.py's "Fastest GPU backend per op" verdict, on made-up timing rows: the
-table that bench/gpu_check.sh's report gives for setting each op's GPU dispatch order."""
+"""bench/kernels.py's report, on made-up timing rows: the "Fastest GPU backend per op"
+verdict (the table bench/gpu_check.sh's report gives for setting each op's GPU dispatch
+order), the FP8 KV cache ratios, and one run kept per machine class in a report file."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +86,58 @@ def test_the_pytest_benchmark_front_end_times_every_backend_of_a_case(tmp_path):
     assert {r["extra_info"]["impl"] for r in runs} == {"torch (unfused)", "cpu", "cpu, out="}
     assert {r["group"] for r in runs} == {"silu_mul: 1b [1024, 2 x 8192], bfloat16"}
     assert all(r["stats"]["rounds"] >= 2 and r["stats"]["min"] > 0 for r in runs)
+
+
+def test_fp8_kv_cache_rows_are_compared_with_their_backends_activation_dtype_rows():
+    rows = [
+        row("paged_prefill_attention", "8 x 512", "cpu", 80.0),
+        row("paged_prefill_attention", "8 x 512", "cpu, fp8 KV cache", 60.0),
+        row("paged_prefill_attention", "8 x 512", "torch SDPA (contiguous)", 200.0),
+        row("rope_and_cache", "70b", "cuda, fp8 KV cache", 2.0),  # no cuda row: no ratio
+    ]
+    ratios = bench.fp8_kv_ratios(rows)
+    assert [(r["op"], r["backend"], r["ratio"]) for r in ratios] == [
+        ("paged_prefill_attention", "cpu", 0.75)
+    ]
+    table = "\n".join(bench.fp8_kv_section(ratios))
+    assert "| paged_prefill_attention | 8 x 512 | cpu | 60.000 | 80.000 | 0.75 |" in table
+    assert bench.fp8_kv_section([]) == []
+
+
+def _env(device, flags, date):
+    return {"date_utc": date, "device": device, "torch": "2.13.0", "python": "3.11",
+            "threads": 2, "cpu_count": 2, "load_average_1min_at_start": 0.5, "triton": "3",
+            "cpu_isa": "avx512_bf16", **({"cpu_flags": flags} if flags else {})}  # fmt: skip
+
+
+def _write(path, env, ms, note=""):
+    from microbench import Case, write_report
+
+    case = Case("silu_mul", "1b", torch.bfloat16, {}, "torch", note=note)
+    case.rows = [{"op": "silu_mul", "shape": "1b", "dtype": "bfloat16", "impl": "cpu",
+                  "baseline": "torch", "median_s": ms / 1e3, "GBps": 1.0, "roofline_pct": 5.0}]  # fmt: skip
+    roof = {"copy_GBps": 20.0, "copy_bytes": 1 << 28, "matmul_TFLOPs": 0.4, "matmul_n": 2048}
+    write_report(path, env, roof, [case], [], "reduced shapes.", 1.0)
+
+
+def test_a_report_keeps_one_run_per_machine_class(tmp_path):
+    """A run replaces only its own machine class's section: an older file (one run, saved
+    before runs were keyed) keeps its figures beside the new machine's."""
+    import json
+
+    out = tmp_path / "kernels_cpu"
+    _write(out, _env("AMD EPYC", "", "2026-11-27"), 11.0, note="a note")
+    old = json.loads(out.with_suffix(".json").read_text())["machines"]
+    out.with_suffix(".json").write_text(json.dumps(next(iter(old.values()))))  # the old format
+    intel = _env("Intel Xeon", "avx2 avx512f amx_int8", "2026-12-01")
+    _write(out, intel, 22.0, note="a note")
+    _write(out, intel, 33.0, note="a note")  # the same machine again: replaces its run
+    runs = json.loads(out.with_suffix(".json").read_text())["machines"]
+    assert sorted(runs) == ["AMD EPYC | avx512_bf16", "Intel Xeon | avx2 avx512f amx_int8"]
+    assert runs["AMD EPYC | avx512_bf16"]["rows"][0]["median_s"] == 0.011
+    assert runs["Intel Xeon | avx2 avx512f amx_int8"]["rows"][0]["median_s"] == 0.033
+    md = out.with_suffix(".md").read_text()
+    assert "# Kernel microbenchmarks: AMD EPYC\n" in md
+    assert "# Kernel microbenchmarks: Intel Xeon (avx2 avx512f amx_int8)" in md
+    assert "| cpu | 11.000 |" in md and "| cpu | 33.000 |" in md and "22.000" not in md
+    assert md.count("a note") == 2  # the old run's case note is kept

@@ -109,6 +109,21 @@ def test_each_form_is_scored(model_dir, tmp_path, reference):
     assert stderr.strip().splitlines()[-1] == "scored 4 lines (6 conversations), 0 errors"
 
 
+def test_fp8_kv_cache_scores_within_its_bound(model_dir, tmp_path, reference):
+    """--kv-cache-dtype fp8: the bound of tests/engine/test_fp8_kv_rewards.py, relative to
+    the largest |reward|, against the engine with a cache in the compute dtype."""
+    from test_fp8_kv_rewards import FP8_KV_RTOL
+
+    responses = ["7", "seven", "I won't.", "Forty-two, because it is the answer."]
+    lines = [{"prompt": "Pick a number.", "responses": responses}]
+    status, records, _ = run(model_dir, tmp_path, lines, "--kv-cache-dtype", "fp8")
+    assert status == 0
+    expected = reference([[user("Pick a number."), assistant(r)] for r in responses])
+    scale = max(abs(x) for x in expected)
+    worst = max(abs(a - b) for a, b in zip(records[0]["rewards"], expected, strict=True))
+    assert worst <= FP8_KV_RTOL * scale
+
+
 def test_examples_file_scores_cleanly(model_dir, tmp_path):
     out = tmp_path / "out.jsonl"
     argv = ["score", "--model", str(model_dir), "--input", str(EXAMPLES), "--output", str(out)]
@@ -277,7 +292,8 @@ def test_help(capsys):
     assert "score" in out and "examples:" in out
     assert main(["score", "--help"]) == 0
     out = capsys.readouterr().out
-    for text in ('"messages"', '"responses"', '"error"', "--max-batch-tokens", "exit status"):
+    for text in ('"messages"', '"responses"', '"error"', "--max-batch-tokens", "exit status",
+                 "--kv-cache-dtype {auto,fp8}"):  # fmt: skip
         assert text in out
 
 
@@ -293,6 +309,8 @@ def test_bad_arguments_are_usage_errors(model_dir, tmp_path, capsys):
     assert "invalid choice: 'int4'" in capsys.readouterr().err
     assert main([*base, "--max-batch-tokens", "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+    assert main([*base, "--kv-cache-dtype", "fp16"]) == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
     assert main(["score", "--input", str(EXAMPLES), "--output", "-"]) == 2
     assert "--model" in capsys.readouterr().err
 

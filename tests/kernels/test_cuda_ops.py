@@ -1,12 +1,23 @@
 """The cuda backend (kernels._C_cuda) against the reference, on the same parametrized
 cases as the cpu backend: silu_mul (+ FP8 output), rope / rope_and_cache, paged prefill
-attention, fp8_quantize (bit-equal) and the cuBLASLt fp8_gemm. Skipped without a GPU."""
+attention, fp8_quantize (bit-equal), the cuBLASLt fp8_gemm and the E4M3 KV cache (write
+and read). Skipped without a GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from kernel_testing import DTYPES, assert_close
+from test_fp8_kv_cache import WRITE_SHAPES as FP8_WRITE_SHAPES
+from test_fp8_kv_cache import (
+    check_literal_codes,
+    check_sweep,
+    check_write,
+    every_code_case,
+    fp8_batch,
+    reference_read,
+    write_case,
+)
 from test_paged_attention import BATCH, LAYOUTS, make_batch
 
 import kernels
@@ -208,3 +219,54 @@ def test_fp8_gemm_rejects_unaligned_k():
     a = torch.ones(4, 17, device=DEV).to(FP8_DTYPE)
     with pytest.raises(ValueError, match="multiples of 16"):
         kernels.fp8_gemm(a, a, torch.ones(1, device=DEV), torch.ones(1, device=DEV), backend="cuda")
+
+
+# ----------------------------------------------------------------------------- E4M3 KV cache
+# The cases of test_fp8_kv_cache.py on the cuda backend: the write bit-equal to the
+# reference (NaN codes as NaN), the read at the tolerance of q's dtype, every code exact.
+
+
+@pytest.mark.parametrize("shape", FP8_WRITE_SHAPES, ids=lambda s: "t{}-{}q{}kv-d{}-b{}".format(*s))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_and_cache_fp8_write(dtype, shape):
+    check_write(write_case(*shape, dtype), shape, "cuda", DEV)
+
+
+def test_rope_and_cache_fp8_literal_codes_and_sweep():
+    for dtype in DTYPES:
+        check_literal_codes("cuda", dtype, DEV)
+    check_sweep("cuda", DEV)
+
+
+@pytest.mark.parametrize("random_codes", [False, True], ids=["quantized", "codes"])
+@pytest.mark.parametrize("layout", CUDA_LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_prefill_attention_fp8_cache(dtype, layout, random_codes):
+    num_q, num_kv, block_size, head_dim = layout
+    args, (ks, vs), _ = fp8_batch(BATCH, num_q, num_kv, head_dim, block_size, dtype,
+                                  random_codes=random_codes)  # fmt: skip
+    scale = head_dim**-0.5
+    on_device = [a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args]
+    out = kernels.paged_prefill_attention(
+        *on_device, scale, k_scale=torch.tensor(ks, device=DEV), v_scale=vs, backend="cuda"
+    )
+    assert_close(out.cpu(), reference_read(args, scale, (ks, vs)), "fp8-cache attention[cuda]")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 254])  # the tensor-core kernel, the scalar one
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_prefill_attention_fp8_cache_decodes_every_code(dtype, head_dim):
+    args, expected = every_code_case(dtype, head_dim)
+    args = [a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args]
+    out = kernels.paged_prefill_attention(*args, 0.1, k_scale=1.0, v_scale=1.0, backend="cuda")
+    assert torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_paged_prefill_attention_fp8_cache_over_long_contexts(dtype):
+    seqs = [(0, 300), (517, 64), (1000, 1), (130, 129)]
+    args, (ks, vs), _ = fp8_batch(seqs, 16, 4, 128, 16, dtype, random_codes=True)
+    on_device = [a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args]
+    out = kernels.paged_prefill_attention(*on_device, 0.088, k_scale=ks, v_scale=vs,
+                                          backend="cuda")  # fmt: skip
+    assert_close(out.cpu(), reference_read(args, 0.088, (ks, vs)), "fp8 attention, long contexts")

@@ -3,6 +3,8 @@ machine code of kernels._C_cuda with cuobjdump (it ships inside the triton wheel
 this runs on any machine that built the module, GPU or not:
 - the tensor-core attention kernel multiplies with HMMA in every architecture built,
   and on sm_90a keeps its accumulators in registers (no local-memory loads or stores);
+- its E4M3-cache form converts the codes with the hardware's E4M3 -> fp16 instruction on
+  sm_89 and sm_90a (F2FP.F16.E4M3.UNPACK_B; sm_80 has none and uses integer code);
 - the scalar attention kernel, which the tensor-core one replaces for bf16/fp16 at
   head_dim 64 and 128, has no HMMA (so the check above can tell them apart)."""
 
@@ -64,12 +66,31 @@ def test_tensor_core_attention_uses_hmma_in_every_architecture(sass):
     assert sass, "cuobjdump found no cubins"
     for arch, functions in sass.items():
         mma = _kernels(functions, "paged_attention_mma_kernel")
-        assert len(mma) == 4, f"{arch}: expected bf16/fp16 x head_dim 64/128, got {list(mma)}"
+        assert len(mma) == 8, (
+            f"{arch}: expected bf16/fp16 x head_dim 64/128 x bf16/fp16 or E4M3 cache, "
+            f"got {list(mma)}"
+        )
         for name, body in mma.items():
             # the instruction's operand type follows the kernel's: .BF16 for bf16
             bf16 = "bfloat16" in name
             assert "HMMA.16816.F32" in body, f"{arch} {name}: no HMMA.16816"
             assert ("HMMA.16816.F32.BF16" in body) == bf16, f"{arch} {name}: operand type"
+
+
+def _fp8_cache(name: str) -> bool:
+    """paged_attention_mma_kernel<T, D, kFp8>: the mangled bool is Lb1E when true."""
+    return name.endswith("Lb1EEEvNS0_15AttentionParamsE")
+
+
+def test_tensor_core_attention_converts_e4m3_in_hardware_on_sm89_and_sm90a(sass):
+    for arch in ("sm_89", "sm_90a"):
+        if arch not in sass:
+            continue
+        mma = _kernels(sass[arch], "paged_attention_mma_kernel")
+        assert sum(map(_fp8_cache, mma)) == 4, f"{arch}: {list(mma)}"
+        for name, body in mma.items():
+            converts = "F2FP.F16.E4M3.UNPACK_B" in body
+            assert converts == _fp8_cache(name), f"{arch} {name}: E4M3 conversion {converts}"
 
 
 def test_tensor_core_attention_keeps_its_accumulators_in_registers_on_sm90a(sass):

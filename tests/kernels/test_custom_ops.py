@@ -1,7 +1,8 @@
 """The compiled kernels as torch ops (kernels/custom_ops.py): schema, mutation
 annotations and fake implementations checked by torch.library.opcheck on CPU (and on
-CUDA where a GPU and kernels._C_cuda exist), and a torch.compile(fullgraph=True)
-trace through one op."""
+CUDA where a GPU and kernels._C_cuda exist), E4M3 KV caches (uint8 codes with their
+k_scale / v_scale) included, and a torch.compile(fullgraph=True) trace through one op
+and through the FP8-cache write and read."""
 
 from __future__ import annotations
 
@@ -62,40 +63,41 @@ def test_silu_mul_ops(rows, inter, device):
     opcheck(custom_ops.silu_mul_fp8, out8, x, torch.tensor(0.02), device=device)
 
 
+@pytest.mark.parametrize("fp8_cache", [False, True], ids=["cache-in-q-dtype", "e4m3-cache"])
 @pytest.mark.parametrize("tokens,hq,hkv,d", [(1, 2, 1, 16), (9, 8, 2, 64)])
-def test_rope_ops(tokens, hq, hkv, d, device):
+def test_rope_ops(tokens, hq, hkv, d, fp8_cache, device):
     q, k, v = randn(tokens, hq, d), randn(tokens, hkv, d, seed=1), randn(tokens, hkv, d, seed=2)
     positions = torch.arange(tokens, dtype=torch.int64) * 3
     cache = kernels.compute_cos_sin_cache(d, 64, 10000.0)
     opcheck(custom_ops.rope, q, k, positions, cache, device=device)
-    key_cache, value_cache = torch.zeros(4, 5, hkv, d), torch.zeros(4, 5, hkv, d)
+    cache_dtype = torch.uint8 if fp8_cache else torch.float32  # E4M3 codes as uint8
+    key_cache = torch.zeros(4, 5, hkv, d, dtype=cache_dtype)
+    value_cache = torch.zeros_like(key_cache)
     slots = torch.randperm(20)[:tokens].to(torch.int32)
+    scales = (torch.tensor(0.02), torch.tensor(0.03)) if fp8_cache else ()
     opcheck(
-        custom_ops.rope_and_cache,
-        q,
-        k,
-        v,
-        positions,
-        cache,
-        key_cache,
-        value_cache,
-        slots,
-        device=device,
-    )
+        custom_ops.rope_and_cache, q, k, v, positions, cache, key_cache, value_cache, slots,
+        *scales, device=device,
+    )  # fmt: skip
 
 
+@pytest.mark.parametrize("fp8_cache", [False, True], ids=["cache-in-q-dtype", "e4m3-cache"])
 @pytest.mark.parametrize("query_lens,context_lens", [([1], [1]), ([3, 0, 5], [7, 2, 5])])
-def test_paged_prefill_attention_op(query_lens, context_lens, device):
+def test_paged_prefill_attention_op(query_lens, context_lens, fp8_cache, device):
     hq, hkv, d, block = 4, 2, 32, 4
     q = randn(sum(query_lens), hq, d)
     key_cache, value_cache = randn(12, block, hkv, d, seed=1), randn(12, block, hkv, d, seed=2)
+    scales = ()
+    if fp8_cache:
+        key_cache, value_cache = (c.to(FP8_DTYPE).view(torch.uint8) for c in (key_cache, value_cache))
+        scales = (torch.tensor(0.5), torch.tensor(0.25))
     tables = torch.arange(12, dtype=torch.int32).view(len(query_lens), -1)[:, :4].contiguous()
     starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int64)
     lens = torch.tensor(context_lens, dtype=torch.int64)
     out = torch.empty_like(q)
     opcheck(
         custom_ops.paged_prefill_attention, out, q, key_cache, value_cache, tables, starts,
-        lens, 0.125, device=device,
+        lens, 0.125, *scales, device=device,
     )  # fmt: skip
 
 
@@ -118,6 +120,39 @@ def test_fp8_gemm_op(m, n, k, with_bias, device):
     opcheck(
         custom_ops.fp8_gemm, out, a, b, torch.rand(m) + 0.5, torch.tensor(0.5), bias, device=device
     )
+
+
+def test_fp8_kv_cache_ops_trace_with_torch_compile():
+    """rope_and_cache into an E4M3 cache, then attention over it, inside
+    torch.compile(fullgraph=True): the same codes and output as eager."""
+    hq, hkv, d, block, tokens = 4, 2, 16, 4, 6
+    cos_sin = kernels.compute_cos_sin_cache(d, 16, 10000.0)
+    positions, slots = torch.arange(tokens), torch.arange(tokens)
+    tables, k_scale, v_scale = torch.arange(2, dtype=torch.int32)[None], 0.05, 0.04
+
+    def f(qkv, kc, vc):
+        q = qkv[:, : hq * d].view(tokens, hq, d)
+        k = qkv[:, hq * d : (hq + hkv) * d].view(tokens, hkv, d)
+        v = qkv[:, (hq + hkv) * d :].view(tokens, hkv, d)
+        kernels.rope_and_cache(q, k, v, positions, cos_sin, kc, vc, slots, k_scale=k_scale,
+                               v_scale=v_scale, backend="cpu")  # fmt: skip
+        return kernels.paged_prefill_attention(q, kc, vc, tables, [0, tokens], [tokens], 0.25,
+                                               k_scale=k_scale, v_scale=v_scale, backend="cpu")
+
+    def run(fn):
+        qkv = randn(tokens, (hq + 2 * hkv) * d)
+        kc = torch.zeros(2, block, hkv, d, dtype=torch.uint8).view(FP8_DTYPE)
+        vc = torch.zeros_like(kc)
+        return fn(qkv, kc, vc), kc.view(torch.uint8), vc.view(torch.uint8)
+
+    try:
+        got = run(torch.compile(f, fullgraph=True, backend="aot_eager"))
+    except Exception as exc:  # no working compiler stack on this build
+        pytest.skip(f"torch.compile is not usable here: {type(exc).__name__}: {exc}")
+    want = run(f)
+    assert want[1].any() and want[2].any()
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_public_ops_trace_with_torch_compile():

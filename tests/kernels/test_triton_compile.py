@@ -1,5 +1,6 @@
-"""The Triton kernels compile for NVIDIA GPUs (sm_80, sm_90; the FP8 ones for sm_90) on a
-machine without one.
+"""The Triton kernels compile for NVIDIA GPUs (sm_80, sm_90; the FP8 ones for sm_90, except
+the E4M3 KV-cache forms of rope_and_cache and attention, whose integer encoder and decoder
+need no FP8 instructions: sm_80 too) on a machine without one.
 
 Triton's nvidia backend ships ptxas, so a kernel can be lowered to a cubin with no GPU
 present: this catches what the interpreter accepts but the compiler does not (globals
@@ -37,23 +38,32 @@ silu_args = [("out_ptr", "*DT"), ("x_ptr", "*DT"), ("scale_ptr", "*fp32"), ("int
              ("out_stride", "i32"), ("x_stride", "i32")]
 rope_args = [("q_ptr", "*DT"), ("k_ptr", "*DT"), ("v_ptr", "*DT"), ("pos_ptr", "*i64"),
              ("cos_sin_ptr", "*fp32"), ("key_cache_ptr", "*DT"), ("value_cache_ptr", "*DT"),
-             ("slot_ptr", "*i32")] + [(n, "i32") for n in (
+             ("slot_ptr", "*i32"), ("k_scale_ptr", "*fp32"), ("v_scale_ptr", "*fp32")] + [
+             (n, "i32") for n in (
              "q_stride_t", "q_stride_h", "k_stride_t", "k_stride_h", "v_stride_t",
              "v_stride_h", "num_q_heads", "num_kv_heads", "half")]
 attn_args = [("out_ptr", "*DT"), ("q_ptr", "*DT"), ("key_cache_ptr", "*DT"),
              ("value_cache_ptr", "*DT")] + [(n, "*i32") for n in (
              "block_tables_ptr", "tiles_ptr", "query_start_ptr", "context_lens_ptr")] + [
-             ("scale", "fp32")] + [(n, "i32") for n in (
+             ("k_scale_ptr", "*fp32"), ("v_scale_ptr", "*fp32"), ("scale", "fp32")] + [
+             (n, "i32") for n in (
              "q_stride_t", "q_stride_h", "out_stride_t", "out_stride_h", "table_stride",
              "block_size", "num_kv_heads", "head_dim")]
+def u8_caches(args):  # E4M3 KV caches travel as uint8 codes
+    return [(n, "*u8" if n in ("key_cache_ptr", "value_cache_ptr") else t) for n, t in args]
+
+attn_const = {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
+              "FP32_DOT": False}
 cases = [
     (norm._rms_norm_kernel, norm_args, {"FUSED_ADD": True, "FP8_OUT": False, "BLOCK": 8192}, 8),
     (activation._silu_mul_kernel, silu_args, {"FP8_OUT": False, "BLOCK": 1024}, 4),
     (rope._rope_kernel, rope_args,
-     {"WRITE_CACHE": True, "BLOCK_HQ": 64, "BLOCK_HKV": 8, "BLOCK_HALF": 64}, 4),
-    (paged_attention._paged_prefill_kernel, attn_args,
-     {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
-      "FP32_DOT": False}, 8),
+     {"WRITE_CACHE": True, "KV_FP8": False, "BLOCK_HQ": 64, "BLOCK_HKV": 8, "BLOCK_HALF": 64}, 4),
+    (rope._rope_kernel, u8_caches(rope_args),
+     {"WRITE_CACHE": True, "KV_FP8": True, "BLOCK_HQ": 64, "BLOCK_HKV": 8, "BLOCK_HALF": 64}, 4),
+    (paged_attention._paged_prefill_kernel, attn_args, {**attn_const, "KV_FP8": False}, 8),
+    (paged_attention._paged_prefill_kernel, u8_caches(attn_args),
+     {**attn_const, "KV_FP8": True}, 8),
 ]
 gemm_args = [("out_ptr", "*DT"), ("a_ptr", "*fp8e4nv"), ("b_ptr", "*fp8e4nv"),
              ("a_scale_ptr", "*fp32"), ("b_scale_ptr", "*fp32"), ("bias_ptr", "*DT")] + [
@@ -86,19 +96,20 @@ for arch, arch_cases in ((80, cases), (90, cases + fp8_cases)):
 # The attention kernel as a launch specializes it (pointers and the strides, block size
 # and head_dim divisible by 16): on sm_90 both products must be wgmma and the K/V tiles
 # cp.async copies (Triton's software pipeline), the two things its speed rests on.
+# The same holds with an E4M3 cache (its tiles decoded in registers after the copy).
 names = [n for n, _ in attn_args]
 div16 = [n for n in names if n.endswith("_ptr") or "stride" in n or n in ("block_size", "head_dim")]
 attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16}
-const = {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
-         "FP32_DOT": False}
-signature = sig(attn_args, "bf16")
-signature.update({k: "constexpr" for k in const})
-k = triton.compile(ASTSource(paged_attention._paged_prefill_kernel, signature, const, attrs),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
-ptx = k.asm["ptx"]
-assert "wgmma.mma_async" in ptx, "attention: no wgmma on sm_90"
-assert "cp.async" in ptx, "attention: K/V loads are not asynchronous copies on sm_90"
-done.append("_paged_prefill_kernel@sm_90 (wgmma, cp.async)")
+for kv_fp8 in (False, True):
+    const = {**attn_const, "KV_FP8": kv_fp8}
+    signature = sig(u8_caches(attn_args) if kv_fp8 else attn_args, "bf16")
+    signature.update({k: "constexpr" for k in const})
+    k = triton.compile(ASTSource(paged_attention._paged_prefill_kernel, signature, const, attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+    ptx = k.asm["ptx"]
+    assert "wgmma.mma_async" in ptx, f"attention (KV_FP8={kv_fp8}): no wgmma on sm_90"
+    assert "cp.async" in ptx, f"attention (KV_FP8={kv_fp8}): K/V loads are not cp.async on sm_90"
+    done.append(f"_paged_prefill_kernel@sm_90 KV_FP8={kv_fp8} (wgmma, cp.async)")
 print(json.dumps(done))
 """
 
@@ -114,4 +125,4 @@ def test_kernels_compile_for_sm80_and_sm90():  # about 20 s on 2 cores
     if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("this triton install has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 14
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 19
