@@ -219,3 +219,23 @@ def test_unsupported_quantization_configs_are_named(tiny_checkpoint, tmp_path, c
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=message):
         engine(path)
+
+
+def test_fp8_kv_export_names_its_scales_and_reloads_with_an_fp8_cache(tiny_checkpoint,
+                                                                      calibration_file, tmp_path):  # fmt: skip
+    settings = BuildSettings(quantization="fp8", kv_cache_dtype="fp8", format="modelopt",
+                             calibration=str(calibration_file), dtype="float32")  # fmt: skip
+    path = export_modelopt(tiny_checkpoint, tmp_path / "e", settings, progress=False).path
+    reader = SafetensorsReader(path / "model.safetensors")
+    for i in range(2):
+        for name in (f"model.layers.{i}.self_attn.k_proj.k_scale",
+                     f"model.layers.{i}.self_attn.v_proj.v_scale"):  # fmt: skip
+            assert reader.shape(name) == () and reader.dtype(name) == torch.float32
+    hf = json.loads((path / "hf_quant_config.json").read_text())
+    assert hf["quantization"]["kv_cache_quant_algo"] == "FP8"
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["quantization_config"]["kv_cache_scheme"]["num_bits"] == 8
+    eng = engine(path)
+    assert eng.kv_cache.storage.dtype == FP8
+    assert float(eng.model.w.layers[1].k_scale) == float(
+        reader.read("model.layers.1.self_attn.k_proj.k_scale"))  # fmt: skip

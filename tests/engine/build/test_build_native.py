@@ -168,3 +168,31 @@ def test_a_modified_file_is_named_and_no_verify_skips_the_check(built, tmp_path)
     (copy / "tokenizer.json").unlink()
     with pytest.raises(EngineDirError, match="tokenizer.json is missing"):
         engine(copy)
+
+
+@pytest.mark.parametrize("quantization", ["none", "fp8"])
+def test_fp8_kv_cache_engines_carry_calibrated_scales(built, tiny_checkpoint, quantization):
+    result = built(quantization=quantization, kv_cache_dtype="fp8")
+    manifest = json.loads((result.path / MANIFEST).read_text())
+    assert manifest["weights"]["kv_cache_dtype"] == "fp8"
+    assert "FP8 KV cache" in result.report.quantization
+    eng = engine(result.path)
+    assert eng.kv_cache.storage.dtype == torch.float8_e4m3fn  # the engine's setting by default
+    # the calibrated scale is the largest |rotated key| the unquantized model writes for
+    # the calibration set, over E4M3's largest value
+    chat = eng.chat
+    flat = [c for g in calibration_conversations(chat) for c in g]
+    dense = RewardEngine.from_pretrained(tiny_checkpoint, dtype="float32", num_kv_blocks=256,
+                                         kv_cache_pretouch=True, enable_prefix_caching=False)  # fmt: skip
+    dense.score(flat)
+    for i in range(2):
+        k_amax = dense.kv_cache.key_caches[i].abs().max()
+        v_amax = dense.kv_cache.value_caches[i].abs().max()
+        layer = eng.model.w.layers[i]
+        assert float(layer.k_scale) == pytest.approx(float(k_amax) / 448, rel=1e-5)
+        assert float(layer.v_scale) == pytest.approx(float(v_amax) / 448, rel=1e-5)
+    want = torch.tensor(engine(tiny_checkpoint).score(CONVERSATIONS))
+    got = torch.tensor(eng.score(CONVERSATIONS))
+    bound = (W8A8_RTOL["fp8"] if quantization == "fp8" else 0.05) * want.abs().max()
+    assert (got - want).abs().max() <= bound
+    assert engine(result.path, kv_cache_dtype="auto").kv_cache.storage.dtype == torch.float32
