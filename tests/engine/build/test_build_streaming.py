@@ -3,58 +3,32 @@ at any point leaves nothing that loads as an engine."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-import torch
 
 from engine import RewardEngine
 from engine.build import BuildSettings, build_engine
 from engine.build.writer import DirectoryWriter
 from engine.engine_dir import MANIFEST, PARTIAL_MANIFEST, EngineDirError, is_engine_dir
-from engine.safetensors_io import SafetensorsWriter, sha256_file
+from engine.safetensors_io import sha256_file
 
 GIB = 1 << 30
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def synthetic_checkpoint(path, hidden, layers, inter, vocab, heads=16, kv_heads=4):
-    """An HF Llama sequence-classification checkpoint written tensor by tensor (the
-    values are whatever the allocator returns: this checkpoint is only ever copied)."""
-    path.mkdir()
-    cfg = dict(architectures=["LlamaForSequenceClassification"], model_type="llama",
-               hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-               num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-               max_position_embeddings=4096, rms_norm_eps=1e-5, torch_dtype="bfloat16",
-               num_labels=1)  # fmt: skip
-    (path / "config.json").write_text(json.dumps(cfg))
-    d, kv = hidden // heads, hidden // heads * kv_heads
-    plan = [("model.embed_tokens.weight", (vocab, hidden))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        plan += [(p + "self_attn.q_proj.weight", (hidden, hidden)),
-                 (p + "self_attn.k_proj.weight", (kv, hidden)),
-                 (p + "self_attn.v_proj.weight", (kv, hidden)),
-                 (p + "self_attn.o_proj.weight", (hidden, hidden)),
-                 (p + "mlp.gate_proj.weight", (inter, hidden)),
-                 (p + "mlp.up_proj.weight", (inter, hidden)),
-                 (p + "mlp.down_proj.weight", (hidden, inter)),
-                 (p + "input_layernorm.weight", (hidden,)),
-                 (p + "post_attention_layernorm.weight", (hidden,))]  # fmt: skip
-    plan += [("model.norm.weight", (hidden,)), ("score.weight", (1, hidden))]
-    assert d * heads == hidden
-    writer = SafetensorsWriter(path / "model.safetensors",
-                               [(n, torch.bfloat16, s) for n, s in plan])  # fmt: skip
-    for name, shape in plan:
-        writer.write(name, torch.zeros(shape, dtype=torch.bfloat16))
-    writer.close()
-    return path, max(torch.Size(s).numel() for _, s in plan) * 2
+def bench_build():
+    spec = importlib.util.spec_from_file_location("bench_build", Path(ROOT) / "bench" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_build(args, **kw):
@@ -65,14 +39,15 @@ def run_build(args, **kw):
 
 @pytest.mark.slow
 def test_peak_memory_of_a_2_gb_build_is_one_gib_plus_the_largest_tensor(tmp_path):
-    ckpt, largest = synthetic_checkpoint(tmp_path / "ckpt", hidden=2048, layers=13, inter=8192,
-                                         vocab=128256)  # fmt: skip
+    bench = bench_build()
+    ckpt, largest = bench.synthetic_checkpoint(tmp_path / "ckpt", layers=13, random=False)
     size = (ckpt / "model.safetensors").stat().st_size
     assert size >= 2e9
-    proc = run_build([ckpt, "-o", tmp_path / "engine", "--dtype", "bfloat16", "--no-progress"])
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    peak = usage.ru_maxrss * 1024  # kB on Linux
+    proc = bench.run_build([ckpt, "-o", tmp_path / "engine", "--dtype", "bfloat16", "--no-progress"],
+                           stderr=subprocess.PIPE)  # fmt: skip
+    err = proc.communicate()[1].decode()
+    assert proc.returncode == 0, err
+    peak = bench.peak_rss(err)  # the build process's own high-water mark
     assert peak < GIB + largest, (
         f"peak RSS {peak / GIB:.2f} GiB for a {size / GIB:.2f} GiB checkpoint; bound "
         f"{(GIB + largest) / GIB:.2f} GiB"
