@@ -6,10 +6,11 @@ the formats they produce.
    largest tensor (the embedding, 128256 x 2048 bf16): if the build streams, the peak
    stays flat while the checkpoint grows. Unquantized builds of every size; a quantized
    build (with a small calibration set) of the smallest.
-2. Scoring throughput of the engines built from bench/e2e.py's checkpoint (1b by
-   default: small) on its "mixed" workload: bf16 (or the dtype auto picks) against FP8 and INT8
-   W8A8, in the same run (bench/e2e.py compares INT8 on the 1b shape). On a CPU, FP8 is an exact emulation (expected slower); INT8
-   runs the int8_gemm kernel this CPU has (`kernels.int8_gemm_isa()`).
+2. Scoring throughput of the engines built from one of bench/e2e.py's checkpoints
+   ("small" by default) on its "mixed" workload: the unquantized engine in the dtype
+   auto picks against FP8 and INT8 W8A8, in the same run (bench/e2e.py compares INT8 on
+   the 1b shape). On a CPU, FP8 is an exact emulation (expected slower); INT8 runs the
+   int8_gemm kernel this CPU has (`kernels.int8_gemm_isa()`).
 
 Writes bench/results/build.md / build.json (one section per machine class: the CPU model
 and its ISA flags, so runs on different machines do not overwrite each other).
