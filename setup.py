@@ -58,6 +58,7 @@ ISA_FLAGS = {
     "csrc/cpu/int8_gemm_avx2.cpp": AVX2_FLAGS,
     "csrc/cpu/int8_gemm_avx512_vnni.cpp": AVX512_FLAGS + ["-mavx512vnni"],
     "csrc/cpu/int8_gemm_amx.cpp": AVX512_FLAGS + ["-mamx-tile", "-mamx-int8"],
+    "csrc/cpu/kernels_amx_bf16.cpp": AVX512_FLAGS + ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"],
 }
 DEFAULT_CUDA_ARCHS = "80;89;90a"
 

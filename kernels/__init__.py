@@ -10,6 +10,7 @@ from .activation import silu_mul, silu_mul_quant
 from .backend import BACKENDS, BackendUnavailableError
 from .backend import available_backends as _available_backends
 from .fp8 import fp8_gemm, fp8_quantize
+from .gemm import batch_invariant_linear
 from .int8 import Int8PackedWeight, int8_gemm, int8_gemm_isa, int8_quantize, prepack_int8_weight
 from .norm import fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_quant
 from .paged_attention import paged_prefill_attention
@@ -26,6 +27,7 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "available_backends",
+    "batch_invariant_linear",
     "compute_cos_sin_cache",
     "fp8_gemm",
     "fp8_quantize",

@@ -252,6 +252,15 @@ def int8_gemm(
     )  # fmt: skip
 
 
+@_define("batch_invariant_linear", ("out",))
+def batch_invariant_linear(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    _call(
+        "batch_invariant_linear", x, out.data_ptr(), out.stride(0), x.data_ptr(), x.stride(0),
+        weight.data_ptr(), weight.stride(0), 0 if bias is None else bias.data_ptr(),
+        x.shape[0], weight.shape[0], x.shape[1], _code(x),
+    )  # fmt: skip
+
+
 def ops() -> torch._ops._OpNamespace:
     """torch.ops.reward_engine (every op above is registered once this module is imported)."""
     return torch.ops.reward_engine

@@ -98,9 +98,14 @@ inline void mask_scores(float* st, const RowState& r, int64_t c0, int64_t nk, in
 
 // Online softmax over one chunk of scores, lane-wise over rows: St becomes
 // P = exp(S - new max); max, sum and alpha = exp(old max - new max) are updated.
+// A masked key gets P = 0 exactly (V::exp never returns 0: it clamps its argument
+// at -87), so a key past a row's position adds nothing to its sum or output: the
+// row's result is the same whichever other rows (and so keys) share its unit,
+// which batch-invariant scoring relies on.
 template <class V>
 inline void softmax_chunk(float* st, const RowState& r, int64_t nkp, int64_t Mp) {
   using F = typename V::F;
+  const F unmasked = V::set1(0.5f * kMaskedScore);
   for (int64_t m = 0; m < Mp; m += V::W) {
     F mx = V::load(r.max + m);
     const F old_max = mx;
@@ -108,7 +113,8 @@ inline void softmax_chunk(float* st, const RowState& r, int64_t nkp, int64_t Mp)
     const F scale_old = V::exp(V::sub(old_max, mx));
     F sum = V::mul(V::load(r.sum + m), scale_old);
     for (int64_t n = 0; n < nkp; ++n) {
-      const F p = V::exp(V::sub(V::load(st + n * Mp + m), mx));
+      const F score = V::load(st + n * Mp + m);
+      const F p = V::select_gt(score, unmasked, V::exp(V::sub(score, mx)), V::zero());
       V::store(st + n * Mp + m, p);
       sum = V::add(sum, p);
     }

@@ -57,6 +57,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n"), py::arg("k"), py::arg("a_scale"), py::arg("a_per_token"),
         py::arg("b_scale"), py::arg("b_per_channel"), py::arg("bias"), py::arg("out_dtype"),
         py::arg("num_threads"));
+  m.def("batch_invariant_linear", &cpu::batch_invariant_linear, release(), py::arg("out"),
+        py::arg("out_stride"), py::arg("a"), py::arg("a_stride"), py::arg("b"),
+        py::arg("b_stride"), py::arg("bias"), py::arg("m"), py::arg("n"), py::arg("k"),
+        py::arg("dtype"), py::arg("num_threads"));
   m.def("rms_norm_fp8", &cpu::rms_norm_fp8, release(), py::arg("out"), py::arg("x"),
         py::arg("weight"), py::arg("rows"), py::arg("hidden"), py::arg("out_stride"),
         py::arg("x_stride"), py::arg("eps"), py::arg("scale"), py::arg("dtype"),

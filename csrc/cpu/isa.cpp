@@ -4,10 +4,32 @@
 #include <cstring>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+#include "int8_gemm.h"  // amx_request_permission
+
 namespace reward_engine::cpu {
 namespace {
 
-constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16,
+                           Isa::kAmxBf16};
+
+// AMX-TILE and AMX-BF16 in CPUID, the OS saving the tile state (XCR0 bits 17-18), and
+// the kernel's permission to use it (asked once per process; int8_gemm shares it).
+bool amx_bf16_usable() {
+#if !defined(REWARD_ENGINE_SCALAR_ONLY) && defined(__linux__) && defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;  // AMX-TILE, AMX-BF16
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & (3u << 17)) == (3u << 17) && amx_request_permission();
+#else
+  return false;
+#endif
+}
 
 Isa detect() {
 #if !defined(REWARD_ENGINE_SCALAR_ONLY) && (defined(__x86_64__) || defined(__i386__))
@@ -16,7 +38,8 @@ Isa detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2")) {
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+    return amx_bf16_usable() ? Isa::kAmxBf16 : Isa::kAvx512Bf16;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
@@ -35,6 +58,8 @@ Isa best_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAmxBf16:
+      return "amx_bf16";
     case Isa::kAvx512Bf16:
       return "avx512_bf16";
     case Isa::kAvx512:
@@ -54,7 +79,7 @@ Isa active_isa() {
     if (std::strcmp(forced, isa_name(isa)) == 0) return isa < best ? isa : best;
   }
   throw std::invalid_argument(std::string("REWARD_ENGINE_CPU_ISA='") + forced +
-                              "' is not one of scalar, avx2, avx512, avx512_bf16");
+                              "' is not one of scalar, avx2, avx512, avx512_bf16, amx_bf16");
 }
 
 std::vector<std::string> supported_isas() {
@@ -71,6 +96,8 @@ const KernelTable& active_kernels() {
   return scalar_kernels();
 #else
   switch (active_isa()) {
+    case Isa::kAmxBf16:
+      return amx_bf16_kernels();
     case Isa::kAvx512Bf16:
       return avx512_bf16_kernels();
     case Isa::kAvx512:

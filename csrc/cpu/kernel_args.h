@@ -111,6 +111,42 @@ struct Int8GemmArgs {
   int out_dtype;
 };
 
+// batch_invariant_linear: out [m, n] = a [m, k] @ b [n, k]^T + bias [n], every
+// tensor in the activation dtype (row strides in elements, unit stride along k
+// and n). B is first packed into panels of kGemmPanelCols columns (gemm.cpp).
+struct GemmArgs {
+  const void* a;
+  int64_t a_stride;
+  const void* b;
+  int64_t b_stride;
+  const void* bias;  // or nullptr
+  void* out;
+  int64_t out_stride;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+};
+
+// Layouts of a packed B panel (kGemmPanelCols columns of B, k-major):
+//   kGemmPackedF32:   float  [k][kGemmPanelCols]
+//   kGemmPackedPairs: uint32 [round_up(k, 32) / 2][kGemmPanelCols], each word the bf16
+//                     pair (b[col][2j], b[col][2j + 1]) with the even element low; zero
+//                     past k and past n
+enum GemmPackedLayout : int { kGemmPackedF32 = 0, kGemmPackedPairs = 1 };
+constexpr int64_t kGemmPanelCols = 64;
+
+// Packs panels [p0, p1) of B, panel p covering columns n0 + p * kGemmPanelCols onward,
+// into packed + p * (bytes of one panel).
+using GemmPackFn = void (*)(const GemmArgs&, int64_t n0, int64_t p0, int64_t p1, void* packed);
+// Writes out rows [m0, m1) x the columns of panels [p0, p1) (panels as packed above).
+using GemmComputeFn = void (*)(const GemmArgs&, const void* packed, int64_t n0, int64_t m0,
+                               int64_t m1, int64_t p0, int64_t p1);
+struct GemmKernel {
+  GemmPackFn pack;
+  GemmComputeFn compute;
+  int layout;  // GemmPackedLayout
+};
+
 // A kernel processes rows (or tokens) [begin, end); launchers split the range
 // across threads.
 using NormRowsFn = void (*)(const NormArgs&, int64_t begin, int64_t end);
@@ -147,11 +183,13 @@ struct KernelTable {
   RowAmaxFn row_amax[3];
   ColAmaxFn col_amax[3];
   Int8QuantizeRowFn int8_quantize_row[3];
+  GemmKernel gemm[3];
 };
 
 const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
 const KernelTable& avx512_bf16_kernels();
+const KernelTable& amx_bf16_kernels();
 
 }  // namespace reward_engine::cpu

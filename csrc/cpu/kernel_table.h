@@ -5,6 +5,7 @@
 #include "activation_kernels.h"
 #include "attention_kernels.h"
 #include "fp8_kernels.h"
+#include "gemm_kernels.h"
 #include "int8_kernels.h"
 #include "kernel_args.h"
 #include "norm_kernels.h"
@@ -32,6 +33,7 @@ constexpr KernelTable make_kernel_table() {
       {&row_amax_of<float>, &row_amax_of<bf16>, &row_amax_of<fp16>},
       {&col_amax_of<float>, &col_amax_of<bf16>, &col_amax_of<fp16>},
       {&int8_quantize_row_of<float>, &int8_quantize_row_of<bf16>, &int8_quantize_row_of<fp16>},
+      {gemm_f32_kernel<V, float>(), gemm_f32_kernel<V, bf16>(), gemm_f32_kernel<V, fp16>()},
   };
 }
 

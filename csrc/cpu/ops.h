@@ -118,6 +118,14 @@ void int8_gemm(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride,
                int out_dtype, int num_threads);
 std::string int8_gemm_isa();
 
+// out [m, n] = a [m, k] @ b [n, k]^T + bias [n] (bias 0: none), every tensor in
+// `dtype`, fp32 accumulation rounded once. Batch-invariant: row i of out depends on
+// row i of a, b and bias only, bit for bit, whatever m is, where row i sits and how
+// many threads run (the summation order per element is fixed; gemm_kernels.h).
+void batch_invariant_linear(uintptr_t out, int64_t out_stride, uintptr_t a, int64_t a_stride,
+                            uintptr_t b, int64_t b_stride, uintptr_t bias, int64_t m, int64_t n,
+                            int64_t k, int dtype, int num_threads);
+
 // FP8 output forms: the same results in the activation dtype, then quantized
 // to E4M3 codes (uint8, row stride out_stride) with the static per-tensor
 // fp32 scale at `scale` (exactly fp8_quantize of the activation-dtype output).

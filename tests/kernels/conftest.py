@@ -6,7 +6,7 @@ import pytest
 
 from kernels import _native
 
-ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
+ISAS = ["scalar", "avx2", "avx512", "avx512_bf16", "amx_bf16"]
 
 
 @pytest.fixture

@@ -155,6 +155,15 @@ def test_fp8_kv_cache_ops_trace_with_torch_compile():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 3, 5), (7, 65, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_batch_invariant_linear_op(m, n, k, with_bias):
+    x, w = randn(m, k, dtype=torch.bfloat16), randn(n, k, dtype=torch.bfloat16, seed=1)
+    bias = randn(n, dtype=torch.bfloat16, seed=2) if with_bias else None
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    opcheck(custom_ops.batch_invariant_linear, out, x, w, bias)
+
+
 def test_public_ops_trace_with_torch_compile():
     """rms_norm (cpu backend) inside torch.compile(fullgraph=True): no graph break at
     the compiled kernel, and the same result as eager."""

@@ -97,7 +97,7 @@ def test_isa_environment_variable(cpu_module, monkeypatch):
     assert best in cpu_module.supported_isas() and "scalar" in cpu_module.supported_isas()
     monkeypatch.setenv("REWARD_ENGINE_CPU_ISA", "scalar")
     assert cpu_module.active_isa() == "scalar"
-    monkeypatch.setenv("REWARD_ENGINE_CPU_ISA", "avx512_bf16")  # never above what the CPU has
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ISA", "amx_bf16")  # never above what the CPU has
     assert cpu_module.active_isa() == best
     monkeypatch.setenv("REWARD_ENGINE_CPU_ISA", "sse9")
     with pytest.raises(ValueError, match="REWARD_ENGINE_CPU_ISA='sse9'"):

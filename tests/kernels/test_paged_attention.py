@@ -5,6 +5,8 @@ against torch's SDPA."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,49 @@ def test_cpu_matches_reference(isa, dtype, layout):
     scale = head_dim**-0.5
     out = kernels.paged_prefill_attention(*args, scale, backend="cpu")
     assert_close(out, paged_prefill_attention_reference(*args, scale), f"attention[{isa}]")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[1:3], ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_query_row_is_the_same_bits_in_any_chunking_and_batch(isa, dtype, layout):
+    """Batch invariance: keys are visited in 64-key chunks fixed by absolute position and
+    a masked key adds exactly nothing, so a query row's output does not depend on which
+    rows share its chunk or work unit, nor on the other sequences of the batch."""
+    num_q, num_kv, block_size, head_dim = layout
+    q, kc, vc, tables, _, _ = make_batch([(0, 150), (20, 90)], num_q, num_kv, head_dim,
+                                         block_size, dtype)  # fmt: skip
+    scale = head_dim**-0.5
+    full = kernels.paged_prefill_attention(q[:150], kc, vc, tables[:1], [0, 150], [150], scale)
+    rng = random.Random(0)
+    for _ in range(6):
+        # the sequence cut into random chunks, each run as its own step next to a chunk of
+        # the other sequence (which attends to its own 20 cached keys plus new ones)
+        cuts = sorted(rng.sample(range(1, 150), rng.randint(1, 6)))
+        for start, end in zip([0, *cuts], [*cuts, 150], strict=True):
+            other = rng.randint(0, 90)
+            rows = torch.cat([q[150 : 150 + other], q[start:end]])
+            out = kernels.paged_prefill_attention(
+                rows, kc, vc, tables.flip(0), [0, other, other + end - start], [20 + other, end],
+                scale,
+            )  # fmt: skip
+            assert torch.equal(out[other:], full[start:end]), f"{isa}: rows {start}:{end} moved"
+    alone = kernels.paged_prefill_attention(q[149:150], kc, vc, tables[:1], [0, 1], [150], scale)
+    assert torch.equal(alone, full[149:150])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_masked_key_adds_exactly_nothing(isa, dtype):
+    """Keys 100.. have a value where the keys before them have exact zeros: a row at
+    position 98 must output exact zeros there, alone or in a chunk whose later rows make
+    the kernel visit (and mask) keys 100.. for it."""
+    q, kc, vc, tables, _, _ = make_batch([(0, 120)], 8, 2, 64, 16, dtype)
+    slots = (tables[0].long()[:, None] * 16 + torch.arange(16)).flatten()[:120]
+    vc.view(-1, 2, 64)[slots[:100], :, 0] = 0
+    vc.view(-1, 2, 64)[slots[100:], :, 0] = 1
+    chunk = kernels.paged_prefill_attention(q[72:120], kc, vc, tables, [0, 48], [120], 0.125)
+    alone = kernels.paged_prefill_attention(q[98:99], kc, vc, tables, [0, 1], [99], 0.125)
+    assert torch.equal(alone[0, :, 0], torch.zeros(8, dtype=dtype))
+    assert torch.equal(chunk[98 - 72], alone[0]), f"{isa}: masked keys leaked into row 98"
 
 
 def test_metadata_as_tensors(cpu_module):
