@@ -197,6 +197,11 @@ class RuntimeConfig:
     max_chunk_tokens: int | None = None  # largest chunk of one request per step
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"
+    # Batch-invariant scoring: a sequence's reward is the same bits alone, in any batch,
+    # at any position, in any chunking and with or without the prefix cache (every
+    # dense product through kernels.batch_invariant_linear; README, "Deterministic
+    # mode"). Off by default: the library GEMMs are faster.
+    deterministic: bool = False
     # Zero the pool at startup: claims its memory up front and, on CPU, faults its
     # pages in then, not in the first steps that write each block (about 0.25 s
     # per GiB on a 2-core host). Default: on, unless REWARD_ENGINE_KV_CACHE_PRETOUCH=0.
@@ -213,6 +218,11 @@ class RuntimeConfig:
                 continue
             if type(value) is not int or value < 1:  # bool is an int subclass: excluded
                 raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {value!r}")
+        for name in ("enable_prefix_caching", "deterministic", "kv_cache_pretouch"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"RuntimeConfig.{name} must be True or False, got {getattr(self, name)!r}"
+                )
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"RuntimeConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:

@@ -8,6 +8,8 @@ which input it wants (see ``engine/model.py``, which fuses the quantize into the
 producer when it can). The model code is the same for every format.
 
 - ``DenseLinear``: weight [N, K] in the compute dtype; torch's matmul.
+- ``BatchInvariantLinear``: the same weight through kernels.batch_invariant_linear,
+  whose rows do not depend on the batch (deterministic mode; ``batch_invariant``).
 - ``QuantizedLinear``: W8A8 with 8-bit weights [N, K] and one fp32 scale per output
   channel (row); activations quantized with a static per-tensor scale
   (``input_scale``, calibrated at build time) or dynamically per token (None).
@@ -58,6 +60,26 @@ class DenseLinear:
         if self.bias is None:
             return torch.mm(x, self.weight.t(), out=out)
         return torch.addmm(self.bias, x, self.weight.t(), out=out)
+
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"weight": self.weight, "bias": self.bias}
+
+
+@dataclass(slots=True)
+class BatchInvariantLinear:
+    """A dense layer whose every output row is the same bits in any batch: the summation
+    order of each element is fixed (kernels/gemm.py), unlike torch's matmul."""
+
+    weight: torch.Tensor  # [N, K]
+    bias: torch.Tensor | None = None
+    quantization = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return kernels.batch_invariant_linear(x, self.weight, self.bias, out=out)
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
         return {"weight": self.weight, "bias": self.bias}
@@ -129,4 +151,15 @@ class QuantizedLinear:
         }
 
 
-Linear = DenseLinear | QuantizedLinear
+Linear = DenseLinear | BatchInvariantLinear | QuantizedLinear
+
+
+def batch_invariant(layer: Linear) -> Linear:
+    """The layer as deterministic mode runs it. A dense layer becomes a
+    BatchInvariantLinear (same tensors). W8A8 layers stay as they are: on CPU their
+    GEMMs are batch-invariant already (int8_gemm sums integers, exactly; fp8_gemm sums
+    exact E4M3 products in a fixed order per element; activation scales are static or
+    per row), which is not true of the GPU FP8 GEMMs (RewardEngine refuses that case)."""
+    if isinstance(layer, DenseLinear):
+        return BatchInvariantLinear(layer.weight, layer.bias)
+    return layer

@@ -57,6 +57,11 @@ class RewardEngine:
         runtime: RuntimeConfig | None = None,
     ):
         runtime = runtime or RuntimeConfig()
+        if runtime.deterministic and not model.deterministic:
+            raise ValueError(
+                "RuntimeConfig.deterministic needs a model built with deterministic=True "
+                "(RewardEngine.from_pretrained(..., deterministic=True) does both)"
+            )
         self.model = model
         self.chat = chat
         self.runtime = runtime
@@ -138,10 +143,12 @@ class RewardEngine:
         num_threads: CPU threads for torch and the C++ kernels (default: torch's).
         runtime / runtime_options: a RuntimeConfig, or its fields as keywords
             (block_size, kv_cache_gib, num_kv_blocks, max_num_seqs, enable_prefix_caching,
-            kv_cache_dtype, ...); the two keywords above override it. kv_cache_dtype="fp8"
-            keeps the KV cache in E4M3 (half the memory of bf16) with each layer's
-            k_scale / v_scale, 1.0 for a checkpoint that has none (a warning says so);
-            when it is not given, an engine directory's build setting applies.
+            kv_cache_dtype, deterministic, ...); the two keywords above override it.
+            kv_cache_dtype="fp8" keeps the KV cache in E4M3 (half the memory of bf16) with
+            each layer's k_scale / v_scale, 1.0 for a checkpoint that has none (a warning
+            says so); when it is not given, an engine directory's build setting applies.
+            deterministic=True makes every reward independent of the batch it runs in, bit
+            for bit (README).
         """
         kv_dtype_given = "kv_cache_dtype" in runtime_options or (
             runtime is not None and runtime.kv_cache_dtype != "auto"
@@ -169,7 +176,11 @@ class RewardEngine:
         if not kv_dtype_given and loaded.kv_cache_dtype != runtime.kv_cache_dtype:
             logger.info("KV cache %s, as the engine was built", loaded.kv_cache_dtype)
             runtime = replace(runtime, kv_cache_dtype=loaded.kv_cache_dtype)
-        model = LlamaRewardModel(loaded.cfg, weights, max_position=max_model_len)
+        if runtime.deterministic and torch.device(device).type == "cuda":
+            _check_deterministic_on_gpu(weights)
+        model = LlamaRewardModel(
+            loaded.cfg, weights, max_position=max_model_len, deterministic=runtime.deterministic
+        )
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         chat = ChatFormatter.from_pretrained(model_dir) if has_tokenizer else None
         return cls(model, chat, runtime)
@@ -248,6 +259,7 @@ class RewardEngine:
             "batch_tokens_mean": s["batch_tokens"] / steps if steps else 0.0,
             "block_size": self.kv_cache.block_size,
             "kv_cache_bytes": self.kv_cache.nbytes,
+            "deterministic": self.runtime.deterministic,
         }
 
     # -- the request path (shared with AsyncRewardEngine) ------------------------
@@ -366,3 +378,18 @@ class RewardEngine:
                 "model's tokenizer files into the checkpoint directory"
             )
         return self.chat
+
+
+def _check_deterministic_on_gpu(weights) -> None:
+    quantized = {q.quantization for layer in weights.layers for q in layer.linears().values()}
+    quantized.discard(None)
+    if quantized:
+        raise ValueError(
+            f"deterministic=True with {'/'.join(sorted(quantized)).upper()} W8A8 layers runs on "
+            "CPU only: the GPU FP8/INT8 GEMMs choose their kernels by the batch shape. Use "
+            "device='cpu', or an unquantized checkpoint"
+        )
+    logger.warning(
+        "deterministic mode on a GPU: batch_invariant_linear runs its Triton kernel, which "
+        "has not been verified on a GPU yet (README, Deterministic mode)"
+    )

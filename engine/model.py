@@ -24,7 +24,7 @@ scale or per token; only o_proj's input, the attention output, is quantized apar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ import kernels
 
 from .checkpoint import LayerWeights, ModelWeights
 from .config import ModelConfig
-from .linear import QUANTIZED_DTYPES, QuantizedActivation
+from .linear import QUANTIZED_DTYPES, DenseLinear, QuantizedActivation, batch_invariant
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,29 @@ class BatchMetadata:
 
 
 class LlamaRewardModel:
-    """Runs fused weights through the `kernels` ops; holds no autograd state."""
+    """Runs fused weights through the `kernels` ops; holds no autograd state.
 
-    def __init__(self, cfg: ModelConfig, weights: ModelWeights, max_position: int | None = None):
+    deterministic: every dense product, the reward head's included, runs batch-invariant
+    (engine/linear.py batch_invariant), so a sequence's reward is the same bits whatever
+    else shares its steps; the other kernels work per row already (README).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: ModelWeights,
+        max_position: int | None = None,
+        deterministic: bool = False,
+    ):
         self.cfg = cfg
+        self.deterministic = deterministic
+        self.head = DenseLinear(weights.head)
+        if deterministic:  # the one switch: every dense product batch-invariant
+            weights = replace(weights, layers=[
+                replace(layer, **{k: batch_invariant(v) for k, v in layer.linears().items()})
+                for layer in weights.layers
+            ])  # fmt: skip
+            self.head = batch_invariant(self.head)
         self.w = weights
         self.dtype = weights.embed.dtype
         self.device = weights.embed.device
@@ -216,7 +235,7 @@ class LlamaRewardModel:
         bf16 rewards round where HF's do; the result is returned in fp32.
         """
         hidden = self.hidden_states(input_ids, meta, kv_cache)
-        return F.linear(hidden, self.w.head).float()
+        return self.head(hidden).float()
 
 
 def _norm(x, residual, weight, eps, consumer, out):
