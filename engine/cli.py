@@ -25,8 +25,9 @@ MAIN_EPILOG = """\
 examples:
   reward-engine score --model ./my-reward-model --input conversations.jsonl --output rewards.jsonl
   cat conversations.jsonl | reward-engine score --model ./my-reward-model --input - --output -
+  reward-engine eval --model ./my-reward-model --data reward-bench.jsonl --output report/
 
-Run 'reward-engine score --help' for the input and output formats.
+Run 'reward-engine score --help' or 'reward-engine eval --help' for the formats.
 """
 
 SCORE_DESCRIPTION = """\
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .build.cli import add_build_command
 
     add_build_command(commands, add_dtype_argument, _positive_int)
+    from .eval.cli import add_eval_command
+
+    add_eval_command(commands, add_dtype_argument, _positive_int)
     _add_env_command(commands)
     return parser
 
@@ -169,6 +173,12 @@ def _add_score_command(commands) -> None:
         "--no-verify",
         action="store_true",
         help="engine directories: skip checking the files against their manifest's sha256",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="batch-invariant mode: each reward is the same bits whatever else is in the "
+        "file or batch (slower; see the README)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=_run_score)
@@ -312,6 +322,7 @@ def _load_engine(args: argparse.Namespace):
             max_num_batched_tokens=args.max_batch_tokens,
             num_threads=args.threads,
             verify=not args.no_verify,
+            deterministic=args.deterministic,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UsageError(f"cannot load the model from {args.model}: {exc}") from None

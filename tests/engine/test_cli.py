@@ -170,6 +170,21 @@ def test_order_and_line_numbers_across_chunks(model_dir, tmp_path, reference):
     assert "scored 24 lines (24 conversations), 0 errors" in stderr
 
 
+def test_deterministic_rewards_do_not_depend_on_the_file(model_dir, tmp_path):
+    """--deterministic: a line's reward is the same bits scored in a big file with small
+    steps as scored alone."""
+    from engine import RewardEngine
+
+    conversations = [[user(f"Question {i}?" + " more" * i), assistant(f"A{i}.")] for i in range(9)]
+    lines = [{"messages": c} for c in conversations]
+    status, records, _ = run(
+        model_dir, tmp_path, lines, "--deterministic", "--max-batch-tokens", "40"
+    )
+    assert status == 0
+    eng = RewardEngine.from_pretrained(model_dir, dtype="float32", deterministic=True)
+    assert [r["reward"] for r in records] == [eng.score([c])[0] for c in conversations]
+
+
 def test_multi_attribute_head_writes_lists(make_tiny_checkpoint, tmp_path):
     model_dir = make_tiny_checkpoint(num_labels=3)
     lines = [
