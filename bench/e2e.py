@@ -24,6 +24,11 @@ under that interpreter (a separate virtual environment with `pip install vllm-cp
 vLLM is not a dependency) on the same checkpoint and token ids, prefix caching on,
 timed --repeat times, best kept.
 
+--deterministic adds the engine in batch-invariant mode (RewardEngine.from_pretrained(...,
+deterministic=True): every dense product through kernels.batch_invariant_linear) as
+another column, timed alternately with the default engine: its cost is the ratio of
+the two, and its rewards are compared with the default engine's.
+
 --online adds an open-loop run through AsyncRewardEngine: requests arrive as a
 Poisson process (fixed seed) at several rates, given as fractions of the offline
 engine throughput of the same run (--online-load) or in requests/s (--rates);
@@ -120,10 +125,12 @@ def engine_stats(before: dict, after: dict) -> dict:
     }
 
 
-def run_engine(path: Path, seqs, budget: int, prefix_caching: bool = True):
+def run_engine(
+    path: Path, seqs, budget: int, prefix_caching: bool = True, deterministic: bool = False
+):
     eng = RewardEngine.from_pretrained(
         path, dtype="bfloat16", max_num_batched_tokens=budget,
-        enable_prefix_caching=prefix_caching,
+        enable_prefix_caching=prefix_caching, deterministic=deterministic,
     )  # fmt: skip
     eng.score_token_ids(WARMUP)
     eng.reset_prefix_cache()
@@ -339,20 +346,29 @@ def run_online(path: Path, seqs, budget: int, rates: list[float], seed: int = 0)
     return asyncio.run(main())
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
 def machine_info() -> dict:
     import transformers
 
-    cpu = "unknown"
+    from kernels import _native
+
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    module = _native.cpu_module()
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
+        "cpu_flags": [f for f in ISA_FLAGS if f in flags],
+        "kernel_isa": module.active_isa() if module is not None else None,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -373,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bs1", action="store_true", help="skip the HF batch-size-1 baseline")
     ap.add_argument("--no-cache-column", action="store_true",
                     help="also time the engine with prefix caching off")  # fmt: skip
+    ap.add_argument("--deterministic", action="store_true",
+                    help="add the engine in deterministic (batch-invariant) mode")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1,
                     help="time engine and HF padded this many times, alternately; keep the best")  # fmt: skip
     ap.add_argument("--vllm-python", default=None, metavar="PY",
@@ -393,15 +411,20 @@ def main(argv=None) -> int:
             seqs = workload(wl)
             seqs = seqs[: int(len(seqs) * FRACTION[model_name])]
             tokens = sum(len(s) for s in seqs)
-            runs_eng, runs_pad = [], []
+            runs_eng, runs_pad, runs_det = [], [], []
             for _ in range(args.repeat):  # alternate, keep the best: other load on the host
                 t, r_eng, stats = run_engine(path, seqs, args.budget)
                 runs_eng.append(t)
+                if args.deterministic:
+                    t, r_det, det_stats = run_engine(path, seqs, args.budget, deterministic=True)
+                    runs_det.append(t)
                 t, r_hf = run_hf(hf, seqs, HF_BATCH)
                 runs_pad.append(t)
-                print(f"{model_name} {wl}: engine {runs_eng[-1]:.1f} s, HF padded {t:.1f} s",
+                print(f"{model_name} {wl}: engine {runs_eng[-1]:.1f} s, HF padded {t:.1f} s"
+                      + (f", deterministic {runs_det[-1]:.1f} s" if runs_det else ""),
                       file=sys.stderr)  # fmt: skip
             t_eng, t_pad = min(runs_eng), min(runs_pad)
+            t_det = min(runs_det) if runs_det else None
             t_nc = run_engine(path, seqs, args.budget, False)[0] if args.no_cache_column else None
             t_bs1 = None if args.no_bs1 else run_hf(hf, seqs, 1)[0]
             vllm = (
@@ -422,6 +445,14 @@ def main(argv=None) -> int:
                 "distinct_tokens": distinct,
                 "roofline_tok_s": tokens / (distinct * per_token),
                 "engine_runs_s": runs_eng, "hf_padded_runs_s": runs_pad,
+                "deterministic_tok_s": None if t_det is None else tokens / t_det,
+                "deterministic_runs_s": runs_det or None,
+                "deterministic_max_abs_reward_diff_vs_default": None if t_det is None else max(
+                    abs(a - b) for a, b in zip(r_det, r_eng, strict=True)),
+                "deterministic_max_abs_reward_diff_vs_hf": None if t_det is None else max(
+                    abs(a - b) for a, b in zip(r_det, r_hf, strict=True)),
+                "deterministic_tokens_computed": (
+                    None if t_det is None else det_stats["engine_tokens_computed"]),
                 "vllm_tok_s": None if vllm is None else tokens / vllm["seconds"],
                 "vllm_version": None if vllm is None else vllm["version"],
                 "vllm_max_abs_reward_diff_vs_hf": None if vllm is None else max(
@@ -430,6 +461,8 @@ def main(argv=None) -> int:
             row["x_hf_padded"] = row["engine_tok_s"] / row["hf_padded_tok_s"]
             row["x_hf_bs1"] = None if t_bs1 is None else row["engine_tok_s"] / row["hf_bs1_tok_s"]
             row["pct_roofline"] = 100 * row["engine_tok_s"] / row["roofline_tok_s"]
+            if t_det is not None:
+                row["deterministic_cost"] = row["engine_tok_s"] / row["deterministic_tok_s"]
             if vllm is not None:
                 row["vllm_x_hf_padded"] = row["vllm_tok_s"] / row["hf_padded_tok_s"]
                 row["x_vllm"] = row["engine_tok_s"] / row["vllm_tok_s"]
@@ -469,8 +502,10 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
     out = [
         "# End-to-end scoring throughput (CPU)",
         "",
-        f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads), "
-        f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}.",
+        f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads; CPU flags "
+        f"{', '.join(info.get('cpu_flags', [])) or 'unknown'}; kernel ISA "
+        f"{info.get('kernel_isa')}), torch {info['torch']}, transformers {info['transformers']}, "
+        f"Python {info['python']}.",
         f"Engine: bf16, scheduler with paged KV and prefix caching, token budget {budget} "
         "per step. HF: bf16, sdpa, inference_mode.",
         f"Engine and HF padded timed {info.get('repeat', 1)} time(s), alternately; best kept. "
@@ -509,6 +544,28 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
             f"| {r['vllm_x_hf_padded']:.2f} | {r['vllm_pct_roofline']:.0f}% "
             f"| {r['x_vllm']:.2f} | {r['vllm_max_abs_reward_diff_vs_hf']:.3g} |"
             for r in with_vllm
+        ]
+    det = [r for r in rows if r.get("deterministic_tok_s")]
+    if det:
+        out += [
+            "",
+            "## Deterministic (batch-invariant) mode",
+            "",
+            "The same engine with deterministic=True (every dense product through "
+            "kernels.batch_invariant_linear), timed alternately with the default engine in "
+            "the same run. Cost: default tok/s / deterministic tok/s.",
+            "",
+            "| model | workload | default tok/s | deterministic tok/s | cost (x) "
+            "| deterministic x HF padded | max reward diff vs default | vs HF (scale) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['workload']} | {r['engine_tok_s']:.0f} "
+            f"| {r['deterministic_tok_s']:.0f} | {r['deterministic_cost']:.2f} "
+            f"| {r['deterministic_tok_s'] / r['hf_padded_tok_s']:.2f} "
+            f"| {r['deterministic_max_abs_reward_diff_vs_default']:.3g} "
+            f"| {r['deterministic_max_abs_reward_diff_vs_hf']:.3g} ({r['max_abs_hf_reward']:.3g}) |"
+            for r in det
         ]
     no_cache = [r for r in rows if r.get("engine_no_prefix_cache_tok_s")]
     if no_cache:

@@ -23,7 +23,9 @@ chain rounds:
   so for those dtypes this is bit-equal to the reference too (fp32 differs by the
   accumulation rounding);
 - cpu, avx512_bf16 (bf16): VDPBF16PS, k in pairs (2j, 2j+1) per step;
-- cpu, amx_bf16 (bf16): the AMX tile unit, k in blocks of 32 per TDPBF16PS step.
+- cpu, amx_bf16 (bf16): the AMX tile unit, k in blocks of 32 per TDPBF16PS step;
+- triton (CUDA tensors): one fixed tile configuration, k in blocks of 64 per tensor-core
+  dot (kernels/triton/gemm.py; not yet run on a GPU).
 The two bf16 dot-product paths round differently from the one-k-at-a-time chain (and
 treat subnormals as zero), so across ISAs results agree within the fp32 accumulation
 bound, not bit for bit; within one machine and ISA they are bit-exact for any batch.
@@ -35,7 +37,7 @@ import torch
 
 from . import custom_ops
 from ._checks import check_dtype, check_same
-from .backend import Op
+from .backend import Op, triton_impl
 
 
 def batch_invariant_linear_reference(x, weight, bias, out=None):
@@ -62,7 +64,12 @@ def batch_invariant_linear_cpu(x, weight, bias, out=None):
 
 BATCH_INVARIANT_LINEAR = Op(
     "batch_invariant_linear",
-    {"reference": batch_invariant_linear_reference, "cpu": batch_invariant_linear_cpu},
+    {
+        "reference": batch_invariant_linear_reference,
+        "cpu": batch_invariant_linear_cpu,
+        "triton": triton_impl("gemm", "batch_invariant_linear_triton"),
+    },
+    gpu_order=("triton", "cuda"),  # no CUDA C++ kernel: Triton's fixed-tile GEMM
 )
 
 

@@ -61,9 +61,12 @@ void batch_invariant_linear(uintptr_t out, int64_t out_stride, uintptr_t a, int6
                       reinterpret_cast<const void*>(bias), reinterpret_cast<void*>(out),
                       out_stride, m, n, k};
   const int64_t per_panel = panel_bytes(kernel.layout, k);
-  // a thread pays off from roughly a millisecond of work
+  // A thread pays off from roughly a millisecond of arithmetic, or from 128 KiB of
+  // memory traffic (packing B, and reading it back, dominate when m is small).
   const double flops = 2.0 * double(m) * double(n) * double(k);
-  const int threads = int(std::max(1.0, std::min<double>(num_threads, flops / 2e7)));
+  const int64_t b_bytes = n * k * element_size(dtype);
+  const int by_flops = int(std::max(1.0, std::min<double>(num_threads, flops / 2e7)));
+  const int threads = std::max(by_flops, threads_for(2 * b_bytes, n, num_threads));
   const int64_t row_blocks = (m + kLinearItemRows - 1) / kLinearItemRows;
 
   for (int64_t n0 = 0; n0 < n; n0 += kChunkCols) {
@@ -73,10 +76,11 @@ void batch_invariant_linear(uintptr_t out, int64_t out_stride, uintptr_t a, int6
     parallel_for(panels, std::min<int>(threads, int(panels)), [&](int64_t p0, int64_t p1) {
       kernel.pack(args, n0, p0, p1, packed);
     });
-    // Several panels per item reuse each block of A; one panel per item when the
-    // items would otherwise be too few to keep every thread busy.
-    int64_t group = kLinearItemPanels;
-    if (row_blocks * ((panels + group - 1) / group) < 4 * threads) group = 1;
+    // Up to kLinearItemPanels panels per item reuse each block of A (and its padded
+    // copy); fewer when the items would otherwise be too few to keep every thread busy.
+    const int64_t want_groups = (4 * threads + row_blocks - 1) / row_blocks;
+    const int64_t group = std::clamp<int64_t>((panels + want_groups - 1) / want_groups, 1,
+                                              kLinearItemPanels);
     const int64_t groups = (panels + group - 1) / group, items = row_blocks * groups;
     parallel_for(
         items, std::min<int64_t>(threads, items),

@@ -79,3 +79,21 @@ def test_report_has_the_vllm_table_only_when_measured():
     text = e2e.render_markdown(info, [row], {}, 4096)
     assert "vLLM's CPU build (0.0-fake" in text
     assert "| small | mixed | 200 | 2.00 | 53% | 1.50 | 0.02 |" in text
+
+
+def test_report_has_the_deterministic_table_only_when_measured():
+    info = {"date": "d", "cpu": "c", "threads": 2, "torch": "t", "transformers": "x",
+            "python": "p", "repeat": 1, "cpu_flags": ["avx2", "amx_bf16"],
+            "kernel_isa": "amx_bf16"}  # fmt: skip
+    row = {"model": "small", "workload": "mixed", "sequences": 2, "tokens": 100,
+           "engine_tok_s": 300.0, "hf_padded_tok_s": 100.0, "hf_bs1_tok_s": None,
+           "x_hf_padded": 3.0, "x_hf_bs1": None, "engine_tokens_computed": 100,
+           "prefix_cache_hit_rate": 0.0, "pct_roofline": 80.0,
+           "max_abs_reward_diff_vs_hf": 0.01, "max_abs_hf_reward": 1.0}  # fmt: skip
+    text = e2e.render_markdown(info, [row], {}, 4096)
+    assert "Deterministic" not in text and "CPU flags avx2, amx_bf16; kernel ISA amx_bf16" in text
+    row.update(deterministic_tok_s=200.0, deterministic_cost=1.5,
+               deterministic_max_abs_reward_diff_vs_default=0.004,
+               deterministic_max_abs_reward_diff_vs_hf=0.02)  # fmt: skip
+    text = e2e.render_markdown(info, [row], {}, 4096)
+    assert "| small | mixed | 300 | 200 | 1.50 | 2.00 | 0.004 | 0.02 (1) |" in text

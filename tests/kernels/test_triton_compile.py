@@ -26,7 +26,7 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.triton import activation, fp8, norm, paged_attention, rope
+from kernels.triton import activation, fp8, gemm, norm, paged_attention, rope
 
 def sig(names, dt):
     return {n: (t.replace("DT", dt)) for n, t in names}
@@ -54,7 +54,12 @@ def u8_caches(args):  # E4M3 KV caches travel as uint8 codes
 
 attn_const = {"GROUP": 8, "TILE_TOKENS": 16, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128,
               "FP32_DOT": False}
+linear_args = [("out_ptr", "*DT"), ("x_ptr", "*DT"), ("w_ptr", "*DT"), ("bias_ptr", "*DT")] + [
+               (n, "i32") for n in ("M", "N", "K", "out_stride", "x_stride", "w_stride")]
+linear_tile = {k: v for k, v in gemm.GPU_TILE.items() if k.startswith("BLOCK")}
 cases = [
+    (gemm._batch_invariant_linear_kernel, linear_args,
+     {"HAS_BIAS": True, "IEEE": False, **linear_tile}, gemm.GPU_TILE["num_warps"]),
     (norm._rms_norm_kernel, norm_args, {"FUSED_ADD": True, "FP8_OUT": False, "BLOCK": 8192}, 8),
     (activation._silu_mul_kernel, silu_args, {"FP8_OUT": False, "BLOCK": 1024}, 4),
     (rope._rope_kernel, rope_args,
@@ -92,6 +97,8 @@ for arch, arch_cases in ((80, cases), (90, cases + fp8_cases)):
         assert k.asm["cubin"], fn.__name__
         if fn is fp8._fp8_gemm_kernel:  # Hopper FP8 tensor-core instructions
             assert "wgmma" in k.asm["ptx"], "the FP8 GEMM does not use wgmma on sm_90"
+        if fn is gemm._batch_invariant_linear_kernel:  # bf16 on the tensor cores
+            assert "mma" in k.asm["ptx"], f"batch_invariant_linear: no mma on sm_{arch}"
         done.append(f"{fn.__name__}@sm_{arch}")
 # The attention kernel as a launch specializes it (pointers and the strides, block size
 # and head_dim divisible by 16): on sm_90 both products must be wgmma and the K/V tiles
@@ -125,4 +132,4 @@ def test_kernels_compile_for_sm80_and_sm90():  # about 20 s on 2 cores
     if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("this triton install has no ptxas to compile with")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 19
+    assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 21
