@@ -2,7 +2,8 @@
 baseline timed in the same run, with a roofline measured in the same run.
 
 Baselines: the unfused PyTorch ops of the `reference` backend (norms, silu_mul, rope,
-fp8_quantize); torch SDPA on the equivalent contiguous tensors for attention (causal,
+fp8_quantize); torch's own matmul (torch.mm: oneDNN on CPU, cuBLAS on GPU) for
+batch_invariant_linear, timed on every CPU ISA path; torch SDPA on the equivalent contiguous tensors for attention (causal,
 GQA); torch._scaled_mm for the FP8 GEMM on a GPU. rope_and_cache and attention also run
 each backend with an E4M3 KV cache (`<backend>, fp8 KV cache`) beside the cache in the
 activation dtype, in the same turns; the "FP8 KV cache" section gives their time ratios. Rooflines: a large tensor copy
@@ -45,12 +46,14 @@ import kernels  # noqa: E402
 from kernels import backend as dispatch  # noqa: E402
 from kernels.activation import SILU_MUL  # noqa: E402
 from kernels.fp8 import FP8_GEMM, FP8_QUANTIZE  # noqa: E402
+from kernels.gemm import BATCH_INVARIANT_LINEAR  # noqa: E402
 from kernels.norm import FUSED_ADD_RMS_NORM, RMS_NORM  # noqa: E402
 from kernels.paged_attention import PAGED_PREFILL_ATTENTION  # noqa: E402
 from kernels.rope import ROPE_AND_CACHE  # noqa: E402
 
 OPS = {op.name: op for op in (RMS_NORM, FUSED_ADD_RMS_NORM, SILU_MUL, ROPE_AND_CACHE,
-                              PAGED_PREFILL_ATTENTION, FP8_QUANTIZE, FP8_GEMM)}  # fmt: skip
+                              PAGED_PREFILL_ATTENTION, FP8_QUANTIZE, FP8_GEMM,
+                              BATCH_INVARIANT_LINEAR)}  # fmt: skip
 
 # Llama-3.x shapes: (hidden, intermediate, q heads, kv heads, head_dim)
 MODELS = {"70b": (8192, 28672, 64, 8, 128), "8b": (4096, 14336, 32, 8, 128),
@@ -223,6 +226,52 @@ def fp8_gemm_cases(device, m, n, k, wanted) -> list[Case]:
                  runs, base, flops=2.0 * m * n * k)]  # fmt: skip
 
 
+def linear_cases(device, dtype, m, n, k, label, wanted) -> list[Case]:
+    """batch_invariant_linear against torch.mm on the same operands (bf16 in, bf16 out);
+    on CPU once per instruction-set path (REWARD_ENGINE_CPU_ISA, read on every call)."""
+    x = torch.randn(m, k, device=device).to(dtype)
+    w = torch.randn(n, k, device=device).to(dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
+    base = "torch.mm"
+    runs = {base: lambda: torch.mm(x, w.t(), out=out)}
+    for b in _backends(BATCH_INVARIANT_LINEAR, device, wanted):
+        if b != "cpu":
+            runs[b] = lambda b=b: kernels.batch_invariant_linear(x, w, out=out, backend=b)
+            continue
+        for isa in _cpu_isas()[::-1]:
+            runs[f"cpu [{isa}]"] = partial(_with_isa, isa, lambda: kernels.batch_invariant_linear(
+                x, w, out=out, backend="cpu"))  # fmt: skip
+    return [Case("batch_invariant_linear", f"{label} M={m} N={n} K={k}", dtype, runs, base,
+                 flops=2.0 * m * n * k)]  # fmt: skip
+
+
+def _cpu_isas() -> list[str]:
+    from kernels import _native
+
+    module = _native.cpu_module()
+    return [i for i in module.supported_isas() if i != "scalar"] if module else []
+
+
+def _with_isa(isa, fn):
+    before = os.environ.get("REWARD_ENGINE_CPU_ISA")
+    os.environ["REWARD_ENGINE_CPU_ISA"] = isa
+    try:
+        return fn()
+    finally:
+        if before is None:
+            os.environ.pop("REWARD_ENGINE_CPU_ISA")
+        else:
+            os.environ["REWARD_ENGINE_CPU_ISA"] = before
+
+
+# (M, N, K, label): the small e2e checkpoint's projections at a full step and at the
+# final layer's few rows, and the 1B projections at 512 tokens
+LINEAR_SHAPES = [(4096, 1024, 512, "small qkv"), (4096, 3072, 512, "small gate_up"),
+                 (4096, 512, 1536, "small down"), (16, 3072, 512, "small gate_up"),
+                 (512, 3072, 2048, "1b qkv"), (512, 16384, 2048, "1b gate_up"),
+                 (512, 2048, 8192, "1b down")]  # fmt: skip
+
+
 def plan(device: torch.device, quick: bool) -> tuple[list, str]:
     """Builders of this device's cases (each makes its inputs when called, so only one
     case's tensors are alive at a time), and a line on which shapes were reduced."""
@@ -239,6 +288,8 @@ def plan(device: torch.device, quick: bool) -> tuple[list, str]:
                      for c in (attn[:1] if quick else attn)]  # fmt: skip
         builders += [partial(fp8_quantize_cases, device, t, 8192, wanted),
                      partial(fp8_gemm_cases, device, 64, 1024, 2048, wanted)]  # fmt: skip
+        builders += [partial(linear_cases, device, bf16, *shape, wanted)
+                     for shape in LINEAR_SHAPES[: 2 if quick else None]]  # fmt: skip
         reduced = (
             "CPU shapes are reduced where a 70B shape would take minutes on 2 cores: "
             f"silu_mul 70b at {256 if quick else 1024} tokens; attention at 512 tokens per "
@@ -257,6 +308,8 @@ def plan(device: torch.device, quick: bool) -> tuple[list, str]:
     gemms = [(n, k) for n, k in FP8_GEMM_SHAPES] + [(2560, 2048), (2048, 8192)]  # + 1B
     builders += [partial(fp8_gemm_cases, device, 8192, n, k, wanted)
                  for n, k in gemms[: 2 if quick else None]]  # fmt: skip
+    builders += [partial(linear_cases, device, bf16, 8192, n, k, "70b", wanted)
+                 for n, k in FP8_GEMM_SHAPES[: 1 if quick else None]]  # fmt: skip
     reduced = (
         "GPU shapes: 8192 tokens (70B and 1B widths); attention 8 x 2048 tokens; FP8 "
         "GEMMs at M=8192 (70B projections, then 1B qkv and down); no reference rows."
