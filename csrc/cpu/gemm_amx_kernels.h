@@ -13,7 +13,8 @@
 // round to nearest even) is the hardware's; it is the same for every row and
 // column of a tile and does not read the other rows, so a row's result depends
 // on its own values only: batch-invariant. Rows past M and columns past K read a
-// zero-padded copy, never memory past A.
+// zero-padded copy, never memory past A. The epilogue adds the bias in fp32 and rounds
+// with VCVTNE2PS2BF16 (nearest even; an fp32 subnormal result becomes zero).
 //
 // Only included from kernels_amx_bf16.cpp (compiled with -mamx-tile -mamx-bf16);
 // isa.cpp has asked the kernel for the tile state before this code can run.
@@ -48,24 +49,30 @@ inline void amx_configure() {
   _tile_loadconfig(&cfg);
 }
 
-// C tile (16 x 16 fp32 at c, row stride 16) + bias -> out rows [m, m + rows), columns
-// [col, col + 16) below n.
-inline void amx_store_tile(const GemmArgs& g, const float* c, int64_t rows, int64_t m,
-                           int64_t col) {
-  using V = VecAVX512;
+// Two C tiles side by side (16 x 16 fp32 each at c and c + 256, row stride 16) + bias
+// -> out rows [m, m + rows), columns [col, col + 32) below n. VCVTNE2PS2BF16 rounds 32
+// values to nearest even in one instruction (it reads fp32 subnormals as zero; the
+// integer rounding of the other kernels would cost a dozen instructions per 16).
+inline void amx_store_tiles(const GemmArgs& g, const float* c, int64_t rows, int64_t m,
+                            int64_t col) {
   if (col >= g.n || rows <= 0) return;
-  const int width = g.n - col < 16 ? int(g.n - col) : 16;
-  const bf16* bias = static_cast<const bf16*>(g.bias);
-  __m512 b = _mm512_setzero_ps();
-  if (bias != nullptr) b = width == 16 ? V::load(bias + col) : V::load(bias + col, width);
+  const int64_t width = g.n - col < 32 ? g.n - col : 32;
+  const __mmask32 keep = width == 32 ? ~__mmask32(0) : __mmask32((1u << width) - 1u);
+  const uint16_t* bias = static_cast<const uint16_t*>(g.bias);
+  __m512 b_lo = _mm512_setzero_ps(), b_hi = _mm512_setzero_ps();
+  if (bias != nullptr) {
+    const __m512i b16 = _mm512_maskz_loadu_epi16(keep, bias + col);  // 32 bf16
+    b_lo = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm512_castsi512_si256(b16)), 16));
+    b_hi = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b16, 1)), 16));
+  }
   for (int64_t i = 0; i < rows; ++i) {
-    bf16* o = static_cast<bf16*>(g.out) + (m + i) * g.out_stride + col;
-    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(c + i * 16), b);
-    if (width == 16) {
-      V::store(o, v);
-    } else {
-      V::store(o, v, width);
-    }
+    const __m512 lo = _mm512_add_ps(_mm512_loadu_ps(c + i * 16), b_lo);
+    const __m512 hi = _mm512_add_ps(_mm512_loadu_ps(c + 256 + i * 16), b_hi);
+    const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    uint16_t* o = static_cast<uint16_t*>(g.out) + (m + i) * g.out_stride + col;
+    _mm512_mask_storeu_epi16(o, keep, packed);
   }
 }
 
@@ -131,15 +138,13 @@ inline void gemm_compute_amx(const GemmArgs& g, const void* packed, int64_t n0, 
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
         }
-        _tile_stored(0, cbuf, 64);
-        _tile_stored(1, cbuf + 256, 64);
+        _tile_stored(0, cbuf, 64);  // rows 0-15, columns 0-15
+        _tile_stored(1, cbuf + 256, 64);  // rows 0-15, columns 16-31
         _tile_stored(2, cbuf + 512, 64);
         _tile_stored(3, cbuf + 768, 64);
         const int64_t top = valid < 16 ? valid : 16, bottom = valid - top;
-        amx_store_tile(g, cbuf, top, r0, col);
-        amx_store_tile(g, cbuf + 256, top, r0, col + 16);
-        amx_store_tile(g, cbuf + 512, bottom, r0 + 16, col);
-        amx_store_tile(g, cbuf + 768, bottom, r0 + 16, col + 16);
+        amx_store_tiles(g, cbuf, top, r0, col);
+        amx_store_tiles(g, cbuf + 512, bottom, r0 + 16, col);
       }
     }
   }
