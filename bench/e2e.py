@@ -369,6 +369,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cpu_flags": [f for f in ISA_FLAGS if f in flags],
         "kernel_isa": module.active_isa() if module is not None else None,
+        "load_average_1m": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -403,6 +404,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     rows, online, profiles = [], [], {}
+    load_at_start = os.getloadavg()[0]
     for model_name in args.models.split(","):
         path = checkpoint(model_name, args.cache_dir)
         hf = hf_model(path)
@@ -483,7 +485,7 @@ def main(argv=None) -> int:
         profiles[model_name] = profile_one_forward(path, workload("mixed"), args.budget)
         del hf
 
-    info = {**machine_info(), "repeat": args.repeat}
+    info = {**machine_info(), "repeat": args.repeat, "load_average_1m_start": load_at_start}
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "budget": args.budget, "repeat": args.repeat, "rows": rows,
               "online": online}  # fmt: skip
@@ -493,6 +495,10 @@ def main(argv=None) -> int:
     )
     print(render_markdown(info, rows, {}, args.budget, online))
     return 0
+
+
+def _runs(seconds) -> str:
+    return ", ".join(f"{t:.1f}" for t in seconds) if seconds else "-"
 
 
 def render_markdown(info, rows, profiles, budget, online=()) -> str:
@@ -505,7 +511,11 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
         f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads; CPU flags "
         f"{', '.join(info.get('cpu_flags', [])) or 'unknown'}; kernel ISA "
         f"{info.get('kernel_isa')}), torch {info['torch']}, transformers {info['transformers']}, "
-        f"Python {info['python']}.",
+        f"Python {info['python']}. 1-minute load average {info.get('load_average_1m_start', 0):.1f} "
+        f"at the start, {info.get('load_average_1m', 0):.1f} at the end"
+        + (" (other processes competed for the cores)."
+           if max(info.get("load_average_1m_start", 0), info.get("load_average_1m", 0))
+           > info["threads"] else "."),
         f"Engine: bf16, scheduler with paged KV and prefix caching, token budget {budget} "
         "per step. HF: bf16, sdpa, inference_mode.",
         f"Engine and HF padded timed {info.get('repeat', 1)} time(s), alternately; best kept. "
@@ -553,18 +563,21 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
             "",
             "The same engine with deterministic=True (every dense product through "
             "kernels.batch_invariant_linear), timed alternately with the default engine in "
-            "the same run. Cost: default tok/s / deterministic tok/s.",
+            "the same run. Cost: default tok/s / deterministic tok/s (best runs); each run's "
+            "seconds in the last columns.",
             "",
             "| model | workload | default tok/s | deterministic tok/s | cost (x) "
-            "| deterministic x HF padded | max reward diff vs default | vs HF (scale) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| deterministic x HF padded | max reward diff vs default | vs HF (scale) "
+            "| default runs (s) | deterministic runs (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
             f"| {r['model']} | {r['workload']} | {r['engine_tok_s']:.0f} "
             f"| {r['deterministic_tok_s']:.0f} | {r['deterministic_cost']:.2f} "
             f"| {r['deterministic_tok_s'] / r['hf_padded_tok_s']:.2f} "
             f"| {r['deterministic_max_abs_reward_diff_vs_default']:.3g} "
-            f"| {r['deterministic_max_abs_reward_diff_vs_hf']:.3g} ({r['max_abs_hf_reward']:.3g}) |"
+            f"| {r['deterministic_max_abs_reward_diff_vs_hf']:.3g} ({r['max_abs_hf_reward']:.3g}) "
+            f"| {_runs(r.get('engine_runs_s'))} | {_runs(r.get('deterministic_runs_s'))} |"
             for r in det
         ]
     no_cache = [r for r in rows if r.get("engine_no_prefix_cache_tok_s")]

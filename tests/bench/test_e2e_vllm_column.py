@@ -96,4 +96,6 @@ def test_report_has_the_deterministic_table_only_when_measured():
                deterministic_max_abs_reward_diff_vs_default=0.004,
                deterministic_max_abs_reward_diff_vs_hf=0.02)  # fmt: skip
     text = e2e.render_markdown(info, [row], {}, 4096)
-    assert "| small | mixed | 300 | 200 | 1.50 | 2.00 | 0.004 | 0.02 (1) |" in text
+    assert "| small | mixed | 300 | 200 | 1.50 | 2.00 | 0.004 | 0.02 (1) | - | - |" in text
+    row.update(engine_runs_s=[1.0, 2.25], deterministic_runs_s=[3.0])
+    assert "| 0.02 (1) | 1.0, 2.2 | 3.0 |" in e2e.render_markdown(info, [row], {}, 4096)

@@ -234,3 +234,11 @@ def test_a_row_the_engine_refuses_fails_alone(tmp_path):
     assert [e["line"] for e in report["errors"]] == [3]
     assert "the chosen conversation is 100 tokens long, more than the model's maximum length " \
         "of 60" in report["errors"][0]["error"]  # fmt: skip
+
+
+def test_progress_bar_on_stderr(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "rb1.jsonl", V1_ROWS[:6])
+    run_eval(StubEngine(), data, "rewardbench", tmp_path / "out", plots=False, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating" in err and "tok" in err
+    assert "evaluated 6 of 6 rows (rewardbench)" in err
