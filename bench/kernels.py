@@ -3,10 +3,11 @@ baseline timed in the same run, with a roofline measured in the same run.
 
 Baselines: the unfused PyTorch ops of the `reference` backend (norms, silu_mul, rope,
 fp8_quantize); torch's own matmul (torch.mm: oneDNN on CPU, cuBLAS on GPU) for
-batch_invariant_linear, timed on every CPU ISA path; torch SDPA on the equivalent contiguous tensors for attention (causal,
-GQA); torch._scaled_mm for the FP8 GEMM on a GPU. rope_and_cache and attention also run
-each backend with an E4M3 KV cache (`<backend>, fp8 KV cache`) beside the cache in the
-activation dtype, in the same turns; the "FP8 KV cache" section gives their time ratios. Rooflines: a large tensor copy
+batch_invariant_linear, timed on every CPU ISA path; torch SDPA on the equivalent
+contiguous tensors for attention (causal, GQA); torch._scaled_mm for the FP8 GEMM on a
+GPU. rope_and_cache and attention also run each backend with an E4M3 KV cache
+(`<backend>, fp8 KV cache`) beside the cache in the activation dtype, in the same turns;
+the "FP8 KV cache" section gives their time ratios. Rooflines: a large tensor copy
 (read + write bytes / time) for bandwidth-bound ops and a large bf16 matmul for
 compute-bound ones. Each row reports the median time, GB/s or TFLOP/s, the share of
 the roofline and the speedup over the baseline; the header names the device, the
