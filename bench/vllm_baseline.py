@@ -5,7 +5,7 @@ virtual environment, imports nothing from this project, and is started by
     python bench/e2e.py --vllm-python /path/to/vllm-venv/bin/python
 
 It reads a JSON case ({"model", "tokenizer", "seqs", "warmup", "repeat",
-"budget", "threads"}) and
+"budget", "threads", "dtype"}) and
 writes a JSON result ({"seconds": [...], "rewards": [...], "version", "hit_rate"}).
 Each timed call scores every sequence in one `LLM.classify` call (raw logits: no
 activation) with prefix caching on, after a warm-up on unrelated sequences and a reset
@@ -50,7 +50,7 @@ def main() -> int:
         model=case["model"],
         tokenizer=case["tokenizer"],  # never used on token ids, but vLLM's pooling needs one
         runner="pooling",
-        dtype="bfloat16",
+        dtype=case.get("dtype", "bfloat16"),
         enable_prefix_caching=True,
         max_num_batched_tokens=max(case["budget"], longest),
         max_model_len=longest,
