@@ -18,11 +18,12 @@ Every run draws fresh token ids (its own seed), so no run hits the prefix cache 
    and errors (any non-200) per rate.
 
 Writes bench/results/serve_<machine class>.md/.json and serve_<class>.png (latency
-against offered load). The server and this client share the machine's cores, as a
+against offered load); --name changes the stem. The server and this client share the machine's cores, as a
 loopback deployment would; the load average at start and end is recorded.
 
     python bench/serve.py                      # both workloads, about 3-5 minutes on 2 cores
     python bench/serve.py --workloads rlhf-group --load 0.5,1.0
+    python bench/serve.py --workloads mixed --mixed 96 --repeat 3 --load 1.0 --name serve_mixed
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,7 +87,7 @@ def start_server(
            "--dtype", dtype, "--max-batch-tokens", str(budget), "--kv-cache-gib", str(kv_gib),
            "--max-queue", "100000", "--max-items", "4096", "--request-timeout", "0",
            "--max-request-bytes", str(256 << 20)]  # fmt: skip
-    log = open(ROOT / "bench" / "results" / ".serve_server.log", "w")  # noqa: SIM115
+    log = open(Path(tempfile.gettempdir()) / f"reward-engine-serve-{port}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -282,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "checkpoints")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--name", default="serve", help="stem of the result files in --out")
     args = ap.parse_args(argv)
     args.dtype_name = dtype_name(resolve_dtype(args.dtype)[0])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     load_end = os.getloadavg()[0]
-    stem = args.out / f"serve_{machine_slug(info['cpu_flags'])}"
+    stem = args.out / f"{args.name}_{machine_slug(info['cpu_flags'])}"
     info["load_average_1m_end"] = load_end
     payload = {"machine": info, "dtype": args.dtype_name, "budget": args.budget,
                "server_exit_status": proc.returncode, "results": results}  # fmt: skip
