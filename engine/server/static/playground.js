@@ -386,6 +386,11 @@ function renderResults() {
   if (tokens !== undefined) parts.push(tokens + " tokens");
   parts.push("wall time " + formatMs(wallMs));
   $("results-summary").textContent = parts.join(" · ");
+  if (failed.length) {
+    // Neighbours of a bad item are still scored; say which ones were not, and why.
+    showError(failed.length + " of " + rewards.length + " responses could not be scored:\n" +
+      failed.map((x) => "Response " + (x.i + 1) + ": " + itemError(x.r)).join("\n"));
+  }
   $("results-empty").hidden = true;
   $("results-body").hidden = false;
 }

@@ -13,7 +13,6 @@ and the in-process engine run the same float32 model, so they agree to REWARD_TO
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -106,51 +105,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def serve(model_dir: Path, log_dir: Path, api_key: str | None):
-    """`reward-engine serve` on a loopback port; yields its base URL once the page answers
-    (the engine is loaded before the server accepts connections)."""
-    port = _free_port()
-    log = (log_dir / "server.log").open("w+")
-    cmd = [sys.executable, "-m", "engine.cli", "serve", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32"]  # fmt: skip
-    if api_key:
-        cmd += ["--api-key", api_key]
-    if os.environ.get("PLAYGROUND_DEV_STUB"):  # DEV ONLY, removed before commit
-        cmd = [sys.executable, os.environ["PLAYGROUND_DEV_STUB"], str(model_dir), str(port)]
-        cmd += [api_key] if api_key else []
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
+class Server:
+    """`reward-engine serve` in a subprocess on a loopback port."""
+
+    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None):
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = (log_dir / "server.log").open("w+")
+        cmd = [sys.executable, "-m", "engine.cli", "serve", str(model_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]  # fmt: skip
+        if api_key:
+            cmd += ["--api-key", api_key]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 90) -> str:
+        """The base URL once the page answers (the engine loads before the server listens)."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                pytest.fail(f"the server exited with {self.proc.returncode}:\n"
+                            f"{self.log.read()[-3000:]}")  # fmt: skip
             try:
-                with urllib.request.urlopen(url + "/playground", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/playground", timeout=2) as r:
                     if r.status == 200:
-                        break
+                        return self.url
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("the server did not answer /playground within 60 s")
+                pytest.fail(f"the server did not answer /playground within {timeout_s} s")
             time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        self.proc.terminate()  # SIGTERM: the server drains and exits
         try:
-            proc.wait(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            self.proc.kill()
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    """The server most tests use: it needs an API key."""
-    with serve(model_dir, tmp_path_factory.mktemp("serve"), API_KEY) as url:
-        yield url
+def servers(model_dir, multi_model_dir, tmp_path_factory):
+    """Both servers, started together (each takes seconds to load on a busy machine)."""
+    started = {
+        "key": Server(model_dir, tmp_path_factory.mktemp("serve"), API_KEY),
+        "multi": Server(multi_model_dir, tmp_path_factory.mktemp("serve-multi"), None),
+    }
+    try:
+        yield {name: s.wait_ready() for name, s in started.items()}
+    finally:
+        for s in started.values():
+            s.proc.terminate()  # both drain at once
+        for s in started.values():
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    """The server most tests use: the tiny model, and it needs an API key."""
+    return servers["key"]
+
+
+@pytest.fixture(scope="module")
+def multi_server(servers):
+    """The multi-attribute model, with no API key."""
+    return servers["multi"]
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +410,15 @@ def test_an_over_long_response_is_explained_in_words(browser, server, engine):
     assert n_tokens > MAX_LEN
     click_score(browser)
     message = error_text(browser)
+    assert message.startswith("1 of 2 responses could not be scored:\nResponse 2: ")
     assert str(n_tokens) in message and str(MAX_LEN) in message
+    # its neighbour is still scored and ranked; the long one's row says why it is not
+    [(rank, index, values, _), (no_rank, long_index, no_values, _)] = results_of(browser)
+    assert (rank, index, no_rank, long_index, no_values) == ("1", 0, "–", 1, [])
+    want = engine.score([[user("Say a lot."), assistant("A short one.")]])[0]
+    assert values[0] == pytest.approx(want, abs=REWARD_TOL)
+    row = browser.find_element(By.CSS_SELECTOR, "#results-rows tr[data-index='1']").text
+    assert "Not scored" in row and str(n_tokens) in row
     # the reads view says it is too long as well
     browser.find_elements(By.CSS_SELECTOR, "#responses .show-reads")[1].click()
     wait(browser, EC.visibility_of_element_located((By.ID, "reads-text")))
@@ -548,31 +576,30 @@ def test_screenshot_of_a_scored_request(browser, server):
 
 
 def test_multi_attribute_heads_get_one_named_bar_per_attribute(
-    browser, multi_model_dir, tmp_path_factory
+    browser, multi_server, multi_model_dir
 ):
     from engine import RewardEngine
 
     reference = RewardEngine.from_pretrained(multi_model_dir, dtype="float32")
     responses = ["Short.", "A longer and more detailed answer.", "Maybe."]
     want = reference.score([[user("Explain tides."), assistant(r)] for r in responses])
-    with serve(multi_model_dir, tmp_path_factory.mktemp("serve-multi"), None) as url:
-        browser.get(url + "/")
-        wait(browser, lambda b: b.find_element(By.ID, "model-name").text not in ("", "(loading…)"))
-        assert not browser.find_element(By.ID, "key-section").is_displayed()  # no key needed
-        assert ", ".join(LABELS) in browser.find_element(By.ID, "model-details").text
-        fill_form(browser, "", [("user", "Explain tides.")], responses)
-        click_score(browser)
-        rows = results_of(browser)
-        for _, index, values, shown in rows:
-            assert values == pytest.approx(want[index], abs=REWARD_TOL)
-            assert [t.split(":")[0] for t in shown] == LABELS
-        bars = browser.find_elements(By.CSS_SELECTOR, "#results-rows tr:first-child .bar-name")
-        assert [b.text for b in bars] == LABELS
-        # ranked by the first attribute, then by the one chosen
-        for k, label in enumerate(LABELS):
-            Select(browser.find_element(By.ID, "rank-by")).select_by_visible_text(label)
-            order = [index for _, index, _, _ in results_of(browser)]
-            assert order == sorted(range(3), key=lambda i: -want[i][k])
+    browser.get(multi_server + "/")
+    wait(browser, lambda b: b.find_element(By.ID, "model-name").text not in ("", "(loading…)"))
+    assert not browser.find_element(By.ID, "key-section").is_displayed()  # no key needed
+    assert ", ".join(LABELS) in browser.find_element(By.ID, "model-details").text
+    fill_form(browser, "", [("user", "Explain tides.")], responses)
+    click_score(browser)
+    rows = results_of(browser)
+    for _, index, values, shown in rows:
+        assert values == pytest.approx(want[index], abs=REWARD_TOL)
+        assert [t.split(":")[0] for t in shown] == LABELS
+    bars = browser.find_elements(By.CSS_SELECTOR, "#results-rows tr:first-child .bar-name")
+    assert [b.text for b in bars] == LABELS
+    # ranked by the first attribute, then by the one chosen
+    for k, label in enumerate(LABELS):
+        Select(browser.find_element(By.ID, "rank-by")).select_by_visible_text(label)
+        order = [index for _, index, _, _ in results_of(browser)]
+        assert order == sorted(range(3), key=lambda i: -want[i][k])
 
 
 def test_the_page_ships_in_the_wheel():
