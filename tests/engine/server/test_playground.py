@@ -34,6 +34,7 @@ EXAMPLES = REPO / "examples" / "conversations.jsonl"
 REWARD_TOL = 1e-4  # server vs in-process engine, both float32
 API_KEY = "playground-test-key"
 MAX_LEN = 512  # the checkpoint's max_position_embeddings: an over-long response is ~600 words
+MODEL_NAME = "tiny-random-rm"  # seeded random weights: the rewards are meaningless
 WAIT_S = 30  # the longest any one page action may take on a loaded 2-core machine
 
 
@@ -108,12 +109,12 @@ def _free_port() -> int:
 class Server:
     """`reward-engine serve` in a subprocess on a loopback port."""
 
-    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None):
+    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None, name: str):
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = (log_dir / "server.log").open("w+")
         cmd = [sys.executable, "-m", "engine.cli", "serve", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--served-model-name", name]  # fmt: skip
         if api_key:
             cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -149,8 +150,8 @@ class Server:
 def servers(model_dir, multi_model_dir, tmp_path_factory):
     """Both servers, started together (each takes seconds to load on a busy machine)."""
     started = {
-        "key": Server(model_dir, tmp_path_factory.mktemp("serve"), API_KEY),
-        "multi": Server(multi_model_dir, tmp_path_factory.mktemp("serve-multi"), None),
+        "key": Server(model_dir, tmp_path_factory.mktemp("serve"), API_KEY, MODEL_NAME),
+        "multi": Server(multi_model_dir, tmp_path_factory.mktemp("serve-multi"), None, "multi"),
     }
     try:
         yield {name: s.wait_ready() for name, s in started.items()}
@@ -340,7 +341,8 @@ def test_api_key_is_asked_for_then_sent_and_never_kept_in_the_url(browser, serve
     assert not browser.find_element(By.ID, "results-body").is_displayed()
 
     enter_key(browser)
-    assert browser.find_element(By.ID, "model-name").text.strip() != ""
+    assert browser.find_element(By.ID, "model-name").text == MODEL_NAME
+    assert "max 512 tokens" in browser.find_element(By.ID, "model-details").text
     click_score(browser)
     assert not browser.find_element(By.ID, "error").is_displayed()
     [(rank, index, values, _)] = results_of(browser)
@@ -564,6 +566,7 @@ def test_screenshot_of_a_scored_request(browser, server):
     results_of(browser)
     browser.find_elements(By.CSS_SELECTOR, "#responses .show-reads")[0].click()
     wait(browser, EC.visibility_of_element_located((By.ID, "reads-text")))
+    browser.find_element(By.ID, "reads-show-tokens").click()
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, min(height + 100, 4000))
     browser.execute_script("window.scrollTo(0, 0)")
