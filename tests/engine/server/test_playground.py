@@ -1,7 +1,8 @@
 """The browser playground, driven in a real headless Chromium against a real server.
 
-One `reward-engine serve` process (with an API key, on a tiny checkpoint whose maximum
-length is small enough to exceed by typing) serves the page; Selenium drives Debian's
+Two `reward-engine serve` processes serve the page: one with an API key, on a tiny
+checkpoint whose maximum length is small enough to exceed, and one without a key on a
+multi-attribute checkpoint (id2label names). Selenium drives Debian's
 Chromium through chromedriver. Every figure the page shows is checked against the engine
 itself: rewards and ranks against `RewardEngine.score` on the same conversations, the
 "what the model reads" view against `ChatFormatter.render` and `encode`, and the exported
@@ -16,9 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -35,7 +33,7 @@ REWARD_TOL = 1e-4  # server vs in-process engine, both float32
 API_KEY = "playground-test-key"
 MAX_LEN = 512  # the checkpoint's max_position_embeddings: an over-long response is ~600 words
 MODEL_NAME = "tiny-random-rm"  # seeded random weights: the rewards are meaningless
-WAIT_S = 30  # the longest any one page action may take on a loaded 2-core machine
+WAIT_S = 60  # the longest any one page action may take on a loaded 2-core machine
 
 
 def _find(*names: str) -> str | None:
@@ -59,6 +57,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from server_testing import launch, stop, wait_ready  # noqa: E402
 
 
 def user(text):
@@ -97,69 +96,24 @@ def engine(model_dir):
     """The oracle: the same checkpoint scored in-process."""
     from engine import RewardEngine
 
-    return RewardEngine.from_pretrained(model_dir, dtype="float32")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`reward-engine serve` in a subprocess on a loopback port."""
-
-    def __init__(self, model_dir: Path, log_dir: Path, api_key: str | None, name: str):
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = (log_dir / "server.log").open("w+")
-        cmd = [sys.executable, "-m", "engine.cli", "serve", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--served-model-name", name]  # fmt: skip
-        if api_key:
-            cmd += ["--api-key", api_key]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout_s: float = 90) -> str:
-        """The base URL once the page answers (the engine loads before the server listens)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                pytest.fail(f"the server exited with {self.proc.returncode}:\n"
-                            f"{self.log.read()[-3000:]}")  # fmt: skip
-            try:
-                with urllib.request.urlopen(self.url + "/playground", timeout=2) as r:
-                    if r.status == 200:
-                        return self.url
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /playground within {timeout_s} s")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()  # SIGTERM: the server drains and exits
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+    return RewardEngine.from_pretrained(model_dir, dtype="float32", kv_cache_gib=0.25)
 
 
 @pytest.fixture(scope="module")
 def servers(model_dir, multi_model_dir, tmp_path_factory):
-    """Both servers, started together (each takes seconds to load on a busy machine)."""
+    """Both servers, started together (each takes seconds to load on a busy machine), with
+    the server suite's launcher (tests/engine/server/server_testing.py)."""
+    logs = tmp_path_factory.mktemp("playground-servers")
     started = {
-        "key": Server(model_dir, tmp_path_factory.mktemp("serve"), API_KEY, MODEL_NAME),
-        "multi": Server(multi_model_dir, tmp_path_factory.mktemp("serve-multi"), None, "multi"),
-    }
+        "key": launch(model_dir, logs / "key.log", "--served-model-name", MODEL_NAME,
+                      api_key=API_KEY),
+        "multi": launch(multi_model_dir, logs / "multi.log", "--served-model-name", "multi"),
+    }  # fmt: skip
     try:
-        yield {name: s.wait_ready() for name, s in started.items()}
+        yield {name: wait_ready(s).url for name, s in started.items()}
     finally:
         for s in started.values():
-            s.proc.terminate()  # both drain at once
-        for s in started.values():
-            s.stop()
+            stop(s)
 
 
 @pytest.fixture(scope="module")
@@ -583,7 +537,7 @@ def test_multi_attribute_heads_get_one_named_bar_per_attribute(
 ):
     from engine import RewardEngine
 
-    reference = RewardEngine.from_pretrained(multi_model_dir, dtype="float32")
+    reference = RewardEngine.from_pretrained(multi_model_dir, dtype="float32", kv_cache_gib=0.25)
     responses = ["Short.", "A longer and more detailed answer.", "Maybe."]
     want = reference.score([[user("Explain tides."), assistant(r)] for r in responses])
     browser.get(multi_server + "/")
