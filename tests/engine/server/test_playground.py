@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,18 +101,26 @@ def engine(model_dir):
     return RewardEngine.from_pretrained(model_dir, dtype="float32", kv_cache_gib=0.25)
 
 
+# The overload server: one sequence at a time, 64 tokens per step held 50 ms each
+# (slow_serve.py), at most 2 sequences waiting, so a 4,000-token sequence runs ~3 s.
+OVERLOAD_ARGS = ("--max-batch-tokens", "64", "--max-num-seqs", "1", "--max-queue", "2",
+                 "--request-timeout", "60")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def servers(model_dir, multi_model_dir, tmp_path_factory):
-    """Both servers, started together (each takes seconds to load on a busy machine), with
-    the server suite's launcher (tests/engine/server/server_testing.py)."""
+def servers(model_dir, multi_model_dir, tiny_checkpoint, tmp_path_factory):
+    """The three servers, started together (each takes seconds to load on a busy machine),
+    with the server suite's launcher (tests/engine/server/server_testing.py)."""
     logs = tmp_path_factory.mktemp("playground-servers")
     started = {
         "key": launch(model_dir, logs / "key.log", "--served-model-name", MODEL_NAME,
                       api_key=API_KEY),
         "multi": launch(multi_model_dir, logs / "multi.log", "--served-model-name", "multi"),
+        "slow": launch(tiny_checkpoint, logs / "slow.log", *OVERLOAD_ARGS, slow=True),
     }  # fmt: skip
     try:
-        yield {name: wait_ready(s).url for name, s in started.items()}
+        # generous: three servers load at once, on a host other test runs may share
+        yield {name: wait_ready(s, timeout=240) for name, s in started.items()}
     finally:
         for s in started.values():
             stop(s)
@@ -119,13 +129,19 @@ def servers(model_dir, multi_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(servers):
     """The server most tests use: the tiny model, and it needs an API key."""
-    return servers["key"]
+    return servers["key"].url
 
 
 @pytest.fixture(scope="module")
 def multi_server(servers):
     """The multi-attribute model, with no API key."""
-    return servers["multi"]
+    return servers["multi"].url
+
+
+@pytest.fixture(scope="module")
+def slow_server(servers):
+    """A slowed-down server whose queue a test can fill (no API key)."""
+    return servers["slow"]
 
 
 @pytest.fixture(scope="module")
@@ -391,20 +407,31 @@ def test_a_bad_role_from_an_imported_line_is_explained_in_words(browser, server)
     assert "'tool'" in message and "user" in message and "assistant" in message
 
 
-def test_overload_503_is_shown_with_its_retry_after(browser, server):
-    """The engine's 503 cannot be provoked reliably from a page on a fast tiny model, so
-    the page's fetch answers with the server's 503 shape; what is checked is the words."""
-    open_page(browser, server)
-    browser.execute_script(
-        "window.fetch = async () => new Response(JSON.stringify({error: {message: "
-        "'the request queue is full (64 waiting)', type: 'overloaded', code: 503}}), "
-        "{status: 503, headers: {'Retry-After': '2', 'Content-Type': 'application/json'}});"
-    )
+def test_overload_503_is_shown_with_its_retry_after(browser, slow_server):
+    """A real overload: one request fills the slowed server's queue, then Score is pressed."""
+    open_page(browser, slow_server.url, with_key=False)
     fill_form(browser, "", [("user", "Hi")], ["Hello!"])
+    # one 4,000-token sequence runs (~3 s) while two short ones wait: the queue is full
+    filler = {"token_ids": [[100] * 4000, [101] * 16, [102] * 16]}
+    background = threading.Thread(target=slow_server.post, args=("/v1/score", filler))
+    background.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while slow_server.metrics().get("reward_engine_requests_waiting", 0) < 2:
+            assert time.monotonic() < deadline, "the filler request never queued"
+            time.sleep(0.05)
+        click_score(browser)
+        message = error_text(browser)
+    finally:
+        background.join()
+    assert message.startswith("The server is busy or shutting down (HTTP 503): ")
+    assert "queue is full" in message
+    assert re.search(r"Retry in \d+ s\.$", message)
+    assert not browser.find_element(By.ID, "results-body").is_displayed()
+    # once the queue has drained, the same request goes through
     click_score(browser)
-    message = error_text(browser)
-    assert "busy" in message and "503" in message and "queue is full" in message
-    assert "Retry in 2 s" in message
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert len(results_of(browser)) == 1
 
 
 def _downloaded(directory: Path, name: str) -> dict:
