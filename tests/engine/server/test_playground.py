@@ -1,8 +1,9 @@
 """The browser playground, driven in a real headless Chromium against a real server.
 
-Two `reward-engine serve` processes serve the page: one with an API key, on a tiny
-checkpoint whose maximum length is small enough to exceed, and one without a key on a
-multi-attribute checkpoint (id2label names). Selenium drives Debian's
+Three `reward-engine serve` processes serve the page: one with an API key, on a tiny
+checkpoint whose maximum length is small enough to exceed; one without a key on a
+multi-attribute checkpoint (id2label names); and a slowed one whose queue a test fills to
+get a real 503. Selenium drives Debian's
 Chromium through chromedriver. Every figure the page shows is checked against the engine
 itself: rewards and ranks against `RewardEngine.score` on the same conversations, the
 "what the model reads" view against `ChatFormatter.render` and `encode`, and the exported
