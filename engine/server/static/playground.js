@@ -292,8 +292,11 @@ function formatMs(ms) {
 function itemError(reward) {
   if (reward && typeof reward === "object" && !Array.isArray(reward)) {
     const e = reward.error;
-    if (e && typeof e === "object") return String(e.message || JSON.stringify(e));
-    return String(e !== undefined ? e : JSON.stringify(reward));
+    let text;
+    if (e && typeof e === "object") text = String(e.message || JSON.stringify(e));
+    else text = String(e !== undefined ? e : JSON.stringify(reward));
+    // The server counts items from 0 ("item 1 is ..."); the page names them "Response 2".
+    return text.replace(/^item \d+: /, "").replace(/^item \d+ /, "it ");
   }
   return null;
 }

@@ -385,6 +385,7 @@ def test_an_over_long_response_is_explained_in_words(browser, server, engine):
     message = error_text(browser)
     assert message.startswith("1 of 2 responses could not be scored:\nResponse 2: ")
     assert str(n_tokens) in message and str(MAX_LEN) in message
+    assert "item 1" not in message  # the server's 0-based item number, renamed
     # its neighbour is still scored and ranked; the long one's row says why it is not
     [(rank, index, values, _), (no_rank, long_index, no_values, _)] = results_of(browser)
     assert (rank, index, no_rank, long_index, no_values) == ("1", 0, "–", 1, [])
