@@ -526,6 +526,21 @@ def test_keyboard_only_use_and_labels(browser, server):
     assert browser.switch_to.active_element.get_attribute("id") == "response-3"
 
 
+def test_one_to_sixteen_responses(browser, server):
+    open_page(browser, server)
+    fill_form(browser, "", [("user", "Pick one.")], ["only"])
+    assert not browser.find_element(By.CSS_SELECTOR, "#responses .remove-response").is_enabled()
+    add = browser.find_element(By.ID, "add-response")
+    for _ in range(15):
+        add.click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#responses .response")) == 16
+    assert not add.is_enabled()
+    assert browser.find_element(By.ID, "response-count").text == "16"
+    browser.find_elements(By.CSS_SELECTOR, "#responses .remove-response")[0].click()
+    assert add.is_enabled()
+    assert browser.find_element(By.ID, "response-count").text == "15"
+
+
 def test_narrow_window_has_no_sideways_scrolling(browser, server):
     browser.set_window_size(390, 900)
     try:
