@@ -115,3 +115,21 @@ def test_api_key_from_the_environment(monkeypatch):
     monkeypatch.setenv("REWARD_ENGINE_API_KEY", "from-env")
     assert ServerConfig(model="m").with_env_api_key().api_key == "from-env"
     assert ServerConfig(model="m", api_key="given").with_env_api_key().api_key == "given"
+
+
+def test_serve_command_line(capsys, tmp_path):
+    from engine.cli import build_parser, main
+    from engine.server.cli import config_from_args
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    assert main(["serve", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for words in ("/v1/chat/completions", "/get_reward", "/classify", "Retry-After", "SIGTERM"):
+        assert words in help_text
+    args = build_parser().parse_args(["serve", "m", "--request-timeout", "0", "--max-queue", "7",
+                                      "--deterministic", "--kv-cache-gib", "0.5"])  # fmt: skip
+    config = config_from_args(args)
+    assert config.host == "127.0.0.1" and config.port == 8000 and config.dtype == "auto"
+    assert config.request_timeout is None and config.max_queue == 7
+    assert config.engine_kwargs == {"verify": True, "deterministic": True, "kv_cache_gib": 0.5}
