@@ -107,6 +107,7 @@ async def post_all(client: httpx.AsyncClient, reqs, arrivals=None) -> dict:
     """Send each request at its arrival time (all at once without arrivals)."""
     latencies = [0.0] * len(reqs)
     ok = [False] * len(reqs)
+    kinds: dict[str, int] = {}
     start = time.perf_counter()
     done_at = [start] * len(reqs)
 
@@ -120,13 +121,16 @@ async def post_all(client: httpx.AsyncClient, reqs, arrivals=None) -> dict:
             r = await client.post("/v1/score", json={"token_ids": reqs[i]})
             ok[i] = r.status_code == 200 and all(
                 isinstance(x, float) for x in r.json()["rewards"])  # fmt: skip
-        except httpx.HTTPError:
-            ok[i] = False
+            kind = None if ok[i] else f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            kind = type(exc).__name__
+        if kind is not None:
+            kinds[kind] = kinds.get(kind, 0) + 1
         done_at[i] = time.perf_counter()
         latencies[i] = done_at[i] - t0
 
     await asyncio.gather(*(one(i) for i in range(len(reqs))))
-    return summary(reqs, latencies, ok, max(done_at) - start)
+    return {**summary(reqs, latencies, ok, max(done_at) - start), "error_kinds": kinds}
 
 
 async def engine_all(eng: AsyncRewardEngine, reqs) -> dict:
@@ -165,7 +169,10 @@ def summary(reqs, latencies, ok, elapsed) -> dict:
 
 
 async def run_workload(name, n, url, eng, loads, repeat, seed0) -> dict:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # Idle connections are dropped by the client before the server's keep-alive timeout
+    # (uvicorn: 5 s) can close them under a request in flight.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None,
+                          keepalive_expiry=2.0)  # fmt: skip
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         await post_all(client, requests_of(name, 4, seed0 + 99))  # warm connections and kernels
         await engine_all(eng, requests_of(name, 4, seed0 + 98))
@@ -232,6 +239,8 @@ def render_markdown(info, results, args, load_end) -> str:
                          f"{row['req_s']:.2f} | {row['tok_s']:.0f} | {row['latency_p50_s']:.3f} | "
                          f"{row['latency_p90_s']:.3f} | {row['latency_p99_s']:.3f} | "
                          f"{row['errors']} |")  # fmt: skip
+            if row["error_kinds"]:
+                lines.append(f"| | errors: {row['error_kinds']} | | | | | | | |")
     lines += ["", "load: the offered rate as a fraction of the saturated HTTP request rate. "
               "Latency: request sent to answer received.", ""]  # fmt: skip
     return "\n".join(lines)
