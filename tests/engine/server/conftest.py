@@ -27,26 +27,39 @@ def rm_dir(tiny_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def _processes(rm_dir, tmp_path_factory):
-    """Both shared servers, started together so their startups overlap."""
+    """The shared servers, started together so their startups overlap; a test that
+    ends one (the SIGTERM drain) leaves the next user a fresh one."""
     logs = tmp_path_factory.mktemp("server-logs")
-    main = launch(rm_dir, logs / "main.log", "--served-model-name", MODEL_NAME,
-                  "--max-items", str(MAX_ITEMS), "--max-request-bytes",
-                  str(MAX_REQUEST_BYTES), api_key=API_KEY)  # fmt: skip
-    slow = launch(rm_dir, logs / "slow.log", *SLOW_ARGS, slow=True)
-    yield {"main": main, "slow": slow}
-    stop(main)
-    stop(slow)
+    starts = {
+        "main": lambda n: launch(rm_dir, logs / f"main{n}.log", "--served-model-name",
+                                 MODEL_NAME, "--max-items", str(MAX_ITEMS),
+                                 "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                                 api_key=API_KEY),
+        "slow": lambda n: launch(rm_dir, logs / f"slow{n}.log", *SLOW_ARGS, slow=True),
+    }  # fmt: skip
+    running = {name: start(0) for name, start in starts.items()}
+
+    def get(name: str) -> Server:
+        if running[name].proc.poll() is not None:
+            running[name] = starts[name](running[name].proc.pid)
+        return wait_ready(running[name])
+
+    yield get
+    for server in running.values():
+        stop(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def server(_processes) -> Server:
     """The main server: API key, --max-items 64, --max-request-bytes 256 KiB."""
-    return wait_ready(_processes["main"])
+    return _processes("main")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def slow_server(_processes) -> Server:
-    return wait_ready(_processes["slow"])
+    """One sequence at a time, 64 tokens per step held 50 ms each, 2 may wait, 2 s
+    timeout (server_testing.SLOW_ARGS)."""
+    return _processes("slow")
 
 
 @pytest.fixture(scope="session")
