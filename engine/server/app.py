@@ -31,6 +31,7 @@ from .config import ServerConfig
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import ServerMiddleware
+from .playground import mount_playground
 from .routes import ROUTERS
 from .scoring import ClientDisconnected, Scorer
 
@@ -72,6 +73,7 @@ def create_app(config: ServerConfig, engine: AsyncRewardEngine | None = None) ->
     state.documented_paths = None  # filled from the OpenAPI schema on first use
     for router in ROUTERS:
         app.include_router(router)
+    mount_playground(app)  # the browser page at / and /playground
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)
