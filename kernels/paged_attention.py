@@ -95,7 +95,7 @@ def paged_prefill_attention_sdpa(
     """The same attention as torch SDPA per sequence: its keys and values gathered from
     the cache into contiguous tensors, the causal mask aligned to the end (a query at
     absolute position p sees keys 0..p). For CPUs where torch's SDPA runs its products
-    on AMX tiles (oneDNN brgemm) and this project's kernel does not: measured 2.2-2.8x
+    on AMX tiles (oneDNN brgemm) and this project's kernel does not: measured 2.1-2.8x
     faster there (kernels/README.md). Its split over keys follows SDPA's blocking, not
     absolute positions: never used in batch-invariant mode."""
     starts, lens = _as_list(query_start_loc), _as_list(context_lens)
