@@ -154,7 +154,7 @@ def render(result: dict) -> str:
         "",
     ]
     body = [RENDERERS[name](result[name]) for name in SECTIONS if name in result]
-    return "\n".join(head) + "\n".join(body)
+    return "\n".join(head) + "\n" + "\n".join(body)
 
 
 def main(argv=None) -> int:
