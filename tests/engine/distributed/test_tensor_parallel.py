@@ -343,3 +343,26 @@ def test_a_worker_that_fails_to_start_reports_its_error(quantized_engines, tmp_p
                                               r".*sha256.*the engine cannot start"):
         RewardEngine.from_pretrained(damaged, "float32", tensor_parallel_size=2, **ENGINE)
     assert children() == before
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_a_step_that_fails_on_rank_0_kills_the_engine(gqa_checkpoint, raised):
+    engine = RewardEngine.from_pretrained(gqa_checkpoint, "float32", tensor_parallel_size=2,
+                                          **ENGINE)  # fmt: skip
+
+    def fail(*args, **kwargs):  # after the broadcast: the worker is inside the step
+        raise raised
+
+    engine.model.rewards = fail
+    (pid,) = engine.parallel.worker_pids
+    result = score_in_thread(engine, SEQS[:2])
+    if isinstance(raised, KeyboardInterrupt):
+        assert isinstance(result.get("error"), KeyboardInterrupt)  # still an interrupt
+    else:
+        assert isinstance(result.get("error"), EngineDeadError)
+        assert "a step failed on rank 0 (RuntimeError: boom)" in str(result["error"])
+    # Either way the ranks are out of step: the engine is dead and its worker stopped.
+    again = score_in_thread(engine, SEQS[:1], timeout_s=5.0)
+    assert isinstance(again.get("error"), EngineDeadError)
+    assert pid not in children()
+    engine.close()
