@@ -39,6 +39,7 @@ examples:
   reward-engine build ./my-rm -o ./my-rm-fp8 --quantization fp8 --calibration prompts.jsonl
   reward-engine build ./my-rm -o ./my-rm-int8 --quantization int8 --dtype bfloat16
   reward-engine build ./my-rm -o ./my-rm-modelopt --quantization fp8 --format modelopt
+  reward-engine build ./Llama-3.1-70B-RM -o ./rm70b-tp2 --tp 2   # 2 GPUs: one file per rank
   reward-engine score --model ./my-rm-fp8 --input in.jsonl --output out.jsonl
 
 exit status: 0 built, 2 the checkpoint, a setting or the output cannot be used
@@ -78,6 +79,10 @@ def add_build_command(commands, add_dtype_argument, positive_int) -> None:
                    help="native: an engine directory; modelopt: an HF checkpoint in NVIDIA "
                    "ModelOpt's FP8 format for vLLM, SGLang and TensorRT-LLM (default: "
                    "%(default)s)")  # fmt: skip
+    p.add_argument("--tp", type=positive_int, default=1, metavar="N",
+                   help="tensor parallelism: write one weights file per rank for N ranks "
+                   "(load with --tensor-parallel-size N; the heads, KV heads or intermediate "
+                   "size must split over N) (default: %(default)s)")  # fmt: skip
     p.add_argument("--reward-token-ids", type=int, nargs="+", metavar="ID",
                    help="LlamaForCausalLM checkpoints: the token ids whose logits are the "
                    "reward (default: 0)")  # fmt: skip
@@ -105,6 +110,7 @@ def run_build(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             format=args.format,
             reward_token_ids=tuple(args.reward_token_ids) if args.reward_token_ids else None,
+            tensor_parallel_size=args.tp,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -28,6 +28,8 @@ class BuildSettings:
     ModelOpt's FP8 format, for vLLM, SGLang and TensorRT-LLM's PyTorch backend: quant_algo
     FP8 with per-tensor weight and input scales for static activation scales,
     FP8_PER_CHANNEL_PER_TOKEN for dynamic ones).
+    tensor_parallel_size: N > 1 writes one weights file per tensor-parallel rank
+    (engine/sharding.py), loaded with tensor_parallel_size=N.
     """
 
     quantization: str = "none"
@@ -40,6 +42,7 @@ class BuildSettings:
     format: str = "native"
     reward_token_ids: tuple[int, ...] | None = None
     verify_accuracy: bool = True
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         for name, allowed in (("quantization", QUANTIZATIONS),
@@ -56,6 +59,13 @@ class BuildSettings:
             raise ValueError(
                 "--format modelopt writes NVIDIA ModelOpt FP8 checkpoints: use --quantization fp8"
             )
+        if type(self.tensor_parallel_size) is not int or self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size must be a positive int, got {self.tensor_parallel_size!r}"
+            )
+        if self.tensor_parallel_size > 1 and self.format == "modelopt":
+            raise ValueError("--tp applies to engine directories (--format native); a ModelOpt "
+                             "checkpoint is sharded by the engine that loads it")  # fmt: skip
         if self.quantization == "none" and self.activation_scales != "auto":
             raise ValueError("--activation-scales applies to --quantization fp8 or int8")
 

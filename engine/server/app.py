@@ -97,7 +97,8 @@ async def _lifespan(app: FastAPI):
     state = app.state
     config: ServerConfig = state.config
     engine = state.engine
-    if engine is None:
+    loaded_here = engine is None
+    if loaded_here:
         engine = await asyncio.to_thread(load_engine, config)
         state.engine = engine
     _observe_steps(engine, state.metrics)
@@ -114,6 +115,8 @@ async def _lifespan(app: FastAPI):
         await _wait_idle(state, config.request_timeout or 30.0)
         watcher.cancel()
         await engine.stop()
+        if loaded_here:
+            engine.engine.close()  # a tensor-parallel engine's workers stop with the server
         logger.info("engine stopped")
 
 
