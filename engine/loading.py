@@ -8,6 +8,8 @@ weights ready to run, and what the directory says about itself:
   sha256 unless ``verify=False``;
 - a pre-quantized FP8 HF checkpoint (ModelOpt, compressed-tensors, "fp8";
   engine/prequantized.py): its E4M3 codes and scales as stored;
+- a TensorRT-LLM checkpoint (engine/trtllm_checkpoint.py; `reward-engine build
+  --format trtllm`): its ranks merged, FP8 codes and scales as stored;
 - an HF checkpoint (engine/checkpoint.py): fused while it streams in.
 """
 
@@ -31,6 +33,7 @@ from .engine_dir import (
     verify_files,
 )
 from .prequantized import detect, load_prequantized
+from .trtllm_checkpoint import is_trtllm_checkpoint, load_trtllm
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     cfg: ModelConfig
     weights: ModelWeights
-    kind: str  # "engine" | "hf" | "modelopt" | "compressed-tensors" | "fp8"
+    kind: str  # "engine" | "hf" | "modelopt" | "compressed-tensors" | "fp8" | "trtllm"
     max_model_len: int | None = None  # the engine's own limit, when it has one
     kv_cache_dtype: str = "auto"  # what the weights were calibrated for
     manifest: dict = field(default_factory=dict)
@@ -52,6 +55,8 @@ def load_model(
     verify: bool = True,
 ) -> LoadedModel:
     path = Path(path)
+    if is_trtllm_checkpoint(path):
+        return _load_trtllm(path, dtype, reward_token_ids)
     cfg = ModelConfig.from_pretrained(path)
     if is_engine_dir(path):
         manifest = read_manifest(path)
@@ -83,3 +88,13 @@ def load_model(
         kv = "fp8" if source.kv_cache_fp8 else "auto"
         return LoadedModel(cfg, weights, source.kind, kv_cache_dtype=kv)
     return LoadedModel(cfg, load_weights(path, cfg, dtype, token_ids), "hf")
+
+
+def _load_trtllm(path: Path, dtype: torch.dtype, reward_token_ids) -> LoadedModel:
+    ckpt, weights = load_trtllm(path, dtype)
+    if reward_token_ids is not None:
+        logger.warning("reward_token_ids ignored: %s holds its reward rows (reward_head.json)", path)
+    logger.info("%s: TensorRT-LLM checkpoint, tp_size %d, quantization %s", path, ckpt.tp,
+                ckpt.raw.get("quantization"))  # fmt: skip
+    kv = "fp8" if ckpt.quant.kv_fp8 else "auto"
+    return LoadedModel(ckpt.cfg, weights, "trtllm", ckpt.cfg.max_position_embeddings, kv)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 QUANTIZATIONS = ("none", "fp8", "int8")
 ACTIVATION_SCALES = ("auto", "static", "dynamic")
 KV_CACHE_DTYPES = ("auto", "fp8")
-FORMATS = ("native", "modelopt")
+FORMATS = ("native", "modelopt", "trtllm")
 DEFAULT_CALIBRATION_SIZE = 256
 
 
@@ -26,7 +26,9 @@ class BuildSettings:
     format: "native" (an engine directory) or "modelopt" (an HF checkpoint in NVIDIA
     ModelOpt's FP8 format, for vLLM, SGLang and TensorRT-LLM's PyTorch backend: quant_algo
     FP8 with per-tensor weight and input scales for static activation scales,
-    FP8_PER_CHANNEL_PER_TOKEN for dynamic ones).
+    FP8_PER_CHANNEL_PER_TOKEN for dynamic ones) or "trtllm" (a TensorRT-LLM checkpoint for
+    trtllm-build: unquantized, or quant_algo FP8 with static activation scales).
+    tensor_parallel_size: ranks of a trtllm checkpoint (one rank{r}.safetensors each).
     """
 
     quantization: str = "none"
@@ -39,6 +41,7 @@ class BuildSettings:
     format: str = "native"
     reward_token_ids: tuple[int, ...] | None = None
     verify_accuracy: bool = True
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         for name, allowed in (("quantization", QUANTIZATIONS),
@@ -55,6 +58,19 @@ class BuildSettings:
             raise ValueError(
                 "--format modelopt writes NVIDIA ModelOpt FP8 checkpoints: use --quantization fp8"
             )
+        if self.format == "trtllm" and (self.quantization == "int8" or (
+            self.quantization == "fp8" and self.resolved_activation_scales != "static"
+        )):  # fmt: skip
+            raise ValueError(
+                "--format trtllm writes unquantized or FP8 checkpoints with static activation "
+                "scales (TensorRT-LLM quant_algo FP8): use --quantization fp8 without "
+                "--activation-scales dynamic, or no --quantization"
+            )
+        if type(self.tensor_parallel_size) is not int or self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be a positive int, got "
+                             f"{self.tensor_parallel_size!r}")  # fmt: skip
+        if self.tensor_parallel_size > 1 and self.format != "trtllm":
+            raise ValueError("--tp applies to --format trtllm")
         if self.quantization == "none" and self.activation_scales != "auto":
             raise ValueError("--activation-scales applies to --quantization fp8 or int8")
 
