@@ -280,3 +280,20 @@ def test_cli_refuses_what_the_trtllm_format_cannot_hold(tiny_checkpoint, tmp_pat
     assert main(["build", str(tiny_checkpoint), "-o", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_causal_lm_reward_keeps_its_token_rows_first(make_tiny_checkpoint, tmp_path):
+    """LlamaForCausalLM rewards (Nemotron-Reward style): the logits of the reward token ids
+    at the last position; the export's lm_head starts with those rows, in that order."""
+    source = make_tiny_checkpoint(architecture="LlamaForCausalLM")
+    out = export_trtllm(source, tmp_path / "trt", BuildSettings(
+        format="trtllm", tensor_parallel_size=2, dtype="float32", reward_token_ids=(7, 0)),
+        progress=False).path  # fmt: skip
+    head = json.loads((out / "reward_head.json").read_text())
+    assert (head["rows"], head["reward_token_ids"]) == (2, [7, 0])
+    lm_head = hf_tensors(source)["lm_head.weight"].float()
+    assert torch.equal(load_file(str(out / "rank0.safetensors"))["lm_head.weight"][:2],
+                       lm_head[[7, 0]])  # fmt: skip
+    want = torch.tensor(engine(source, reward_token_ids=[7, 0]).score(CONVERSATIONS))
+    got = torch.tensor(engine(out).score(CONVERSATIONS))
+    assert got.shape == (2, 2) and torch.allclose(got, want, rtol=0, atol=ATOL)
