@@ -16,6 +16,7 @@ _EXPORTS = {
     "parse_dtype": ".config",
     "ConversationError": ".chat",
     "EngineError": ".errors",
+    "EngineDeadError": ".errors",
     "EngineOverloadedError": ".errors",
     "RequestFailedError": ".errors",
     "RequestTimeoutError": ".errors",

@@ -249,17 +249,21 @@ def load_weights(
     dtype: torch.dtype,
     reward_token_ids: tuple[int, ...] = (0,),
     progress=None,
+    layer_hook=None,
 ) -> ModelWeights:
     """Stream a checkpoint into fused engine weights of the given dtype.
 
-    `progress`, if given, is called with the number of layers loaded so far.
+    `progress`, if given, is called with the number of layers loaded so far;
+    `layer_hook`, if given, maps each fused layer before the next is read (a
+    tensor-parallel rank keeps its shard of it: engine/sharding.py).
     """
     with CheckpointReader(model_dir) as reader:
         reader.validate(cfg, reward_token_ids)
         embed = reader.get("model.embed_tokens.weight", dtype)
         layers = []
         for i in range(cfg.num_layers):
-            layers.append(load_layer(reader, i, dtype))
+            layer = load_layer(reader, i, dtype)
+            layers.append(layer if layer_hook is None else layer_hook(layer))
             if progress is not None:
                 progress(i + 1)
         return ModelWeights(

@@ -16,6 +16,13 @@ output channel) and, with static activation scales, ``.input_scale`` (fp32 scala
 FP8 KV cache adds ``layers.{i}.attn.k_scale`` / ``.v_scale``. q|k|v rows are q then k
 then v; gate|up rows are gate then up.
 
+Tensor-parallel engines (`reward-engine build --tp N`) hold one weights file per rank,
+``weights.rank{r}.safetensors``, with the same names over rank r's shapes
+(engine/sharding.py: its heads and intermediate slice; the row-parallel o_proj and
+down biases only in rank 0's file), and the manifest's weights.tensor_parallel_size
+says N. Such an engine loads with tensor_parallel_size=N only; a single-file engine
+loads with any tensor_parallel_size (sharded at load).
+
 The manifest is written last, first as engine.json.partial, which becomes engine.json
 only after the directory has its final name (engine/build/writer.py): a directory
 without engine.json is never loaded as an engine.
@@ -34,6 +41,7 @@ from .checkpoint import LayerWeights, ModelWeights
 from .config import ModelConfig
 from .linear import QUANTIZED_DTYPES, DenseLinear, QuantizedLinear
 from .safetensors_io import SafetensorsReader, sha256_file
+from .sharding import rank_config
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +92,23 @@ def has_bias(cfg: ModelConfig, linear: str) -> bool:
     return cfg.attention_bias if linear in ("qkv", "o_proj") else cfg.mlp_bias
 
 
-def weight_plan(cfg: ModelConfig, fmt: WeightFormat, head_rows: int) -> list[tuple]:
-    """Every tensor of weights.safetensors as (name, dtype, shape), in file order: the
-    embedding, then each layer, then the final norm and the head."""
+ROW_PARALLEL = ("o_proj", "down")
+
+
+def stored_bias(cfg: ModelConfig, linear: str, rank: int = 0) -> bool:
+    """Whether rank ``rank``'s weights file holds the layer's bias: a row-parallel bias
+    is added once, by rank 0."""
+    return has_bias(cfg, linear) and (rank == 0 or linear not in ROW_PARALLEL)
+
+
+def weights_file(rank: int = 0, tensor_parallel_size: int = 1) -> str:
+    return WEIGHTS if tensor_parallel_size == 1 else f"weights.rank{rank}.safetensors"
+
+
+def weight_plan(cfg: ModelConfig, fmt: WeightFormat, head_rows: int, rank: int = 0) -> list[tuple]:
+    """Every tensor of a weights file as (name, dtype, shape), in file order: the
+    embedding, then each layer, then the final norm and the head. For rank ``rank`` of a
+    tensor-parallel engine, ``cfg`` is the rank's shape (sharding.rank_config)."""
     h, dt = cfg.hidden_size, fmt.dtype
     plan = [("embed.weight", dt, (cfg.vocab_size, h))]
     shapes = linear_shapes(cfg)
@@ -102,7 +124,7 @@ def weight_plan(cfg: ModelConfig, fmt: WeightFormat, head_rows: int) -> list[tup
                 plan.append((p + f"{name}.weight_scale", FP32, (n,)))
                 if fmt.static_input_scales:
                     plan.append((p + f"{name}.input_scale", FP32, ()))
-            if has_bias(cfg, name):
+            if stored_bias(cfg, name, rank):
                 plan.append((p + f"{name}.bias", dt, (n,)))
             if name == "o_proj":
                 plan.append((p + "post_norm.weight", dt, (h,)))
@@ -144,10 +166,30 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def verify_files(path: str | Path, manifest: dict) -> None:
-    """Every file the manifest lists exists with its recorded size and sha256."""
+def built_tensor_parallel_size(manifest: dict) -> int:
+    """How many ranks the engine was built for (1: a single weights file)."""
+    return int(manifest["weights"].get("tensor_parallel_size", 1))
+
+
+def check_tensor_parallel_size(path: str | Path, manifest: dict, requested: int) -> None:
+    """EngineDirError unless an engine built for N ranks is loaded with N ranks."""
+    built = built_tensor_parallel_size(manifest)
+    if built > 1 and built != requested:
+        raise EngineDirError(
+            f"{path} was built for tensor_parallel_size={built} (one weights file per rank); "
+            f"load it with tensor_parallel_size={built} (--tensor-parallel-size {built}), or "
+            f"rebuild it with --tp {requested}"
+            + (" (or without --tp)" if requested == 1 else "")
+        )
+
+
+def verify_files(path: str | Path, manifest: dict, only: set[str] | None = None) -> None:
+    """Every file the manifest lists (or those of them in ``only``) exists with its
+    recorded size and sha256."""
     path = Path(path)
     for name, entry in manifest["files"].items():
+        if only is not None and name not in only:
+            continue
         file = path / name
         if not file.is_file():
             raise EngineDirError(f"{path}: {name} is missing (listed in {MANIFEST}); rebuild")
@@ -180,27 +222,34 @@ def summary(manifest: dict) -> str:
     quant = w["quantization"]
     if quant != "none":
         quant += f" W8A8 ({w['activation_scales']} activation scales)"
+    tp = built_tensor_parallel_size(manifest)
     return (
         f"{m['architecture']} {m['num_layers']} layers, hidden {m['hidden_size']}, "
         f"{m['num_heads']}/{m['num_kv_heads']} heads, {m['num_labels']} reward output(s); "
         f"weights {w['dtype']}, quantization {quant}, KV cache {w['kv_cache_dtype']}; "
+        + (f"{tp} tensor-parallel ranks; " if tp > 1 else "") +
         f"built {manifest['built']} by reward-engine {manifest['versions']['reward_engine']}"
     )
 
 
 def load_engine_weights(
-    path: str | Path, manifest: dict, cfg: ModelConfig, dtype: torch.dtype
+    path: str | Path, manifest: dict, cfg: ModelConfig, dtype: torch.dtype, rank: int = 0
 ) -> ModelWeights:
     """The engine's tensors as model weights; dense ones cast to ``dtype`` (the compute
-    dtype), quantized ones as stored. Nothing is fused or quantized here."""
+    dtype), quantized ones as stored. Nothing is fused or quantized here. ``cfg`` is the
+    whole model's shape; a tensor-parallel engine gives rank ``rank``'s shard."""
     fmt = weight_format(manifest)
-    reader = SafetensorsReader(Path(path) / WEIGHTS)
-    plan = weight_plan(cfg, fmt, manifest["model"]["num_labels"])
+    tp = built_tensor_parallel_size(manifest)
+    rank = rank if tp > 1 else 0  # a single-file engine: the whole model, sharded later
+    file = weights_file(rank, tp)
+    cfg = rank_config(cfg, tp)
+    reader = SafetensorsReader(Path(path) / file)
+    plan = weight_plan(cfg, fmt, manifest["model"]["num_labels"], rank)
     for name, want_dtype, shape in plan:
         if name not in reader or reader.dtype(name) != want_dtype or reader.shape(name) != shape:
             found = (reader.dtype(name), reader.shape(name)) if name in reader else "missing"
             raise EngineDirError(
-                f"{path}/{WEIGHTS}: tensor {name} should be {want_dtype} {list(shape)}, "
+                f"{path}/{file}: tensor {name} should be {want_dtype} {list(shape)}, "
                 f"found {found}: rebuild the engine"
             )
 
@@ -220,7 +269,7 @@ def load_engine_weights(
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        parts = {n: linear(p + f"{n}.", has_bias(cfg, n)) for n in LINEARS}
+        parts = {n: linear(p + f"{n}.", stored_bias(cfg, n, rank)) for n in LINEARS}
         layer = LayerWeights(
             input_norm=dense(p + "input_norm.weight"),
             post_norm=dense(p + "post_norm.weight"),

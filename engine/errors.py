@@ -30,3 +30,9 @@ class RequestTimeoutError(RequestFailedError, TimeoutError):
 
 class RequestCancelledError(RequestFailedError):
     """The request was cancelled by its caller."""
+
+
+class EngineDeadError(EngineError):
+    """The engine cannot run any more: a tensor-parallel worker died or the ranks fell
+    out of step. Every pending and later request fails with it; the message names the
+    worker and why. Start a new engine."""

@@ -30,7 +30,7 @@ import torch
 from .chat import ChatFormatter
 from .checkpoint import move_weights
 from .config import GIB, RuntimeConfig, kv_cache_dtype
-from .errors import RequestFailedError
+from .errors import EngineDeadError, RequestFailedError
 from .hardware import dtype_name, resolve_dtype
 from .kv_cache import KVCacheManager
 from .loading import load_model
@@ -48,6 +48,8 @@ class RewardEngine:
     """Scores conversations with a Llama-architecture reward model.
 
     Not thread-safe; ``AsyncRewardEngine`` wraps one for concurrent callers.
+    ``close()`` (or ``with engine:``) stops a tensor-parallel engine's worker processes;
+    a single-process engine holds nothing that needs closing.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class RewardEngine:
         model: LlamaRewardModel,
         chat: ChatFormatter | None,
         runtime: RuntimeConfig | None = None,
+        parallel=None,
     ):
         runtime = runtime or RuntimeConfig()
         if runtime.deterministic and not model.deterministic:
@@ -68,9 +71,13 @@ class RewardEngine:
         self.max_num_batched_tokens = runtime.max_num_batched_tokens
         self.max_model_len = min(runtime.max_model_len or model.max_position, model.max_position)
         self.num_labels = model.w.head.shape[0]
+        # parallel: a tensor-parallel executor (engine/distributed) or None; the model is
+        # then rank 0's shard and the pool rank 0's slice.
+        self.parallel = parallel
         num_blocks = kv_cache_num_blocks(
-            runtime, model.cfg, model.dtype, model.device, self.max_model_len
-        )
+            runtime, model.cfg, model.dtype, model.device, self.max_model_len,
+            pools_sharing_memory=1 if parallel is None else parallel.pools_sharing_memory,
+        )  # fmt: skip
         cache_dtype = kv_cache_dtype(runtime.kv_cache_dtype, model.dtype)
         self.kv_cache = KVCachePool(
             model.cfg, num_blocks, runtime.block_size, cache_dtype, model.device,
@@ -90,7 +97,10 @@ class RewardEngine:
             self.kv_cache.nbytes / GIB,
             str(cache_dtype).removeprefix("torch."),
         )
-        self.runner = ModelRunner(model, self.kv_cache)
+        if parallel is None:
+            self.runner = ModelRunner(model, self.kv_cache)
+        else:
+            self.runner = parallel.make_runner(model, self.kv_cache, runtime)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=runtime.max_num_batched_tokens,
@@ -123,6 +133,7 @@ class RewardEngine:
         device: str | torch.device = "cpu",
         verify: bool = True,
         runtime: RuntimeConfig | None = None,
+        tensor_parallel_size: int = 1,
         **runtime_options,
     ) -> RewardEngine:
         """Load an engine directory (made by `reward-engine build`) or an HF Llama reward
@@ -140,7 +151,13 @@ class RewardEngine:
             keeps the ids it was built with.
         verify: check an engine directory's files against the sha256 in its manifest
             (reads every byte once; skip it for very large engines you trust).
-        num_threads: CPU threads for torch and the C++ kernels (default: torch's).
+        num_threads: CPU threads for torch and the C++ kernels (default: torch's; with
+            tensor parallelism on CPU, per rank, default torch's divided by the ranks).
+        tensor_parallel_size: N > 1 splits every layer over N processes (this one is
+            rank 0; the others are spawned, and stopped by ``close()``): on GPUs rank r
+            runs on cuda:r, on CPU all share the host (README, "Tensor parallelism").
+            An HF checkpoint is sharded at load; an engine directory built with
+            ``--tp N`` is read rank by rank and loads only with that N.
         runtime / runtime_options: a RuntimeConfig, or its fields as keywords
             (block_size, kv_cache_gib, num_kv_blocks, max_num_seqs, enable_prefix_caching,
             kv_cache_dtype, deterministic, ...); the two keywords above override it.
@@ -159,13 +176,41 @@ class RewardEngine:
             max_model_len=max_model_len,
             **runtime_options,
         )
-        if num_threads:
+        if type(tensor_parallel_size) is not int or tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size must be a positive int, got {tensor_parallel_size!r}"
+            )
+        if num_threads and tensor_parallel_size == 1:
             torch.set_num_threads(int(num_threads))
         compute_dtype, why = resolve_dtype(dtype, device)
         logger.info("compute dtype %s (%s)", dtype_name(compute_dtype), why)
         start = time.perf_counter()
         ids = tuple(reward_token_ids) if reward_token_ids is not None else None
-        loaded = load_model(model_dir, compute_dtype, ids, verify=verify)
+        if tensor_parallel_size == 1:
+            parallel = None
+            loaded = load_model(model_dir, compute_dtype, ids, verify=verify)
+        else:
+            from .distributed import TensorParallelExecutor  # only when asked for
+
+            parallel = TensorParallelExecutor.start(
+                model_dir, tensor_parallel_size, compute_dtype, ids, verify, device, num_threads
+            )
+            device = parallel.device
+        try:
+            if parallel is not None:
+                loaded = parallel.load()
+            engine = cls._from_loaded(model_dir, loaded, device, runtime, max_model_len,
+                                      kv_dtype_given, parallel, start)  # fmt: skip
+        except BaseException:
+            if parallel is not None:
+                parallel.close()
+            raise
+        return engine
+
+    @classmethod
+    def _from_loaded(
+        cls, model_dir, loaded, device, runtime, max_model_len, kv_dtype_given, parallel, start
+    ) -> RewardEngine:  # fmt: skip
         weights = loaded.weights
         if str(device) != "cpu":
             weights = move_weights(weights, torch.device(device))
@@ -178,12 +223,27 @@ class RewardEngine:
             runtime = replace(runtime, kv_cache_dtype=loaded.kv_cache_dtype)
         if runtime.deterministic and torch.device(device).type == "cuda":
             _check_deterministic_on_gpu(weights)
-        model = LlamaRewardModel(
+        make_model = LlamaRewardModel if parallel is None else parallel.make_model
+        model = make_model(
             loaded.cfg, weights, max_position=max_model_len, deterministic=runtime.deterministic
         )
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         chat = ChatFormatter.from_pretrained(model_dir) if has_tokenizer else None
-        return cls(model, chat, runtime)
+        return cls(model, chat, runtime, parallel=parallel)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop a tensor-parallel engine's workers (a no-op otherwise); idempotent.
+        Later calls of a closed tensor-parallel engine raise EngineDeadError."""
+        if self.parallel is not None:
+            self.parallel.close()
+
+    def __enter__(self) -> RewardEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- public scoring API -------------------------------------------------------
 
@@ -260,6 +320,7 @@ class RewardEngine:
             "block_size": self.kv_cache.block_size,
             "kv_cache_bytes": self.kv_cache.nbytes,
             "deterministic": self.runtime.deterministic,
+            **({} if self.parallel is None else self.parallel.metrics(self.model)),
         }
 
     # -- the request path (shared with AsyncRewardEngine) ------------------------
@@ -302,6 +363,9 @@ class RewardEngine:
         start = time.perf_counter()
         try:
             rewards, errors = self.execute(out)
+        except EngineDeadError as exc:
+            self.abandon_step(out, str(exc))
+            raise
         except BaseException:  # an interrupt: the step may be half written
             self.abandon_step(out, "the step was interrupted")
             raise
@@ -314,6 +378,8 @@ class RewardEngine:
         that fail on their own fail: returns (rewards, {request_id: reason})."""
         try:
             return self.runner.execute(out.chunks), {}
+        except EngineDeadError:  # no chunk can run any more: nothing to isolate
+            raise
         except Exception as exc:  # noqa: BLE001 - isolated below, reported per request
             if len(out.chunks) == 1:
                 return {}, {out.chunks[0].request_id: f"{type(exc).__name__}: {exc}"}
@@ -327,6 +393,8 @@ class RewardEngine:
         for chunk in out.chunks:
             try:
                 rewards.update(self.runner.execute([chunk]))
+            except EngineDeadError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 errors[chunk.request_id] = f"{type(exc).__name__}: {exc}"
         return rewards, errors

@@ -69,9 +69,12 @@ def kv_cache_num_blocks(
     dtype: torch.dtype,
     device: torch.device,
     max_model_len: int,
+    pools_sharing_memory: int = 1,
 ) -> int:
     """Blocks of the KV pool (see RuntimeConfig for the order of the settings). ``dtype``
-    is the compute dtype; the pool's element size follows runtime.kv_cache_dtype."""
+    is the compute dtype; the pool's element size follows runtime.kv_cache_dtype.
+    ``pools_sharing_memory``: how many pools of this shape split the memory budget (the
+    ranks of a tensor-parallel engine on one host; ``cfg`` is then one rank's shape)."""
     if runtime.num_kv_blocks is not None:
         return runtime.num_kv_blocks
     if runtime.kv_cache_gib is not None:
@@ -86,6 +89,7 @@ def kv_cache_num_blocks(
             CPU_DEFAULT_KV_CACHE_GIB * GIB,
             available_memory_bytes(device) * CPU_DEFAULT_KV_CACHE_FRACTION,
         )
+    budget /= pools_sharing_memory
     cache_dtype = kv_cache_dtype(runtime.kv_cache_dtype, dtype)
     dtype_bytes = torch.empty((), dtype=cache_dtype).element_size()
     num_blocks = num_blocks_for_memory(
