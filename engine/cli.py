@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_eval_command
 
     add_eval_command(commands, add_dtype_argument, _positive_int)
+    from .server.cli import add_serve_command
+
+    add_serve_command(commands, add_dtype_argument, _positive_int)
     _add_env_command(commands)
     return parser
 
