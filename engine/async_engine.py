@@ -22,6 +22,10 @@ not started by its deadline is never computed); cancelling the awaiting task
 withdraws the request and frees its KV blocks. A full waiting queue raises
 ``EngineOverloadedError``. A chunk that fails to run fails its own request only
 (``RequestFailedError`` with the reason); bad token ids raise ``ValueError``.
+
+A tensor-parallel engine (``tensor_parallel_size=N``) whose worker dies fails every
+pending and later request with ``EngineDeadError``. Leaving ``async with`` (or
+``close()``) stops the workers of an engine that ``from_pretrained`` loaded.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import EngineError, RequestTimeoutError
+from .errors import EngineDeadError, EngineError, RequestTimeoutError
 from .llm_engine import Reward, RewardEngine
 from .request import Request
 
@@ -43,8 +47,9 @@ logger = logging.getLogger(__name__)
 class AsyncRewardEngine:
     """Scores requests from concurrent coroutines; use as ``async with engine: ...``."""
 
-    def __init__(self, engine: RewardEngine):
+    def __init__(self, engine: RewardEngine, owns_engine: bool = False):
         self.engine = engine
+        self._owns_engine = owns_engine  # loaded by from_pretrained: closed with this
         self._futures: dict[str, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
         self._wakeup: asyncio.Event | None = None
@@ -57,7 +62,7 @@ class AsyncRewardEngine:
         cls, model_dir: str | Path, dtype="auto", **kwargs
     ) -> AsyncRewardEngine:
         """Load a checkpoint; takes RewardEngine.from_pretrained's arguments."""
-        return cls(RewardEngine.from_pretrained(model_dir, dtype, **kwargs))
+        return cls(RewardEngine.from_pretrained(model_dir, dtype, **kwargs), owns_engine=True)
 
     @property
     def chat(self):
@@ -71,6 +76,13 @@ class AsyncRewardEngine:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.stop()
+        if self._owns_engine:
+            self.engine.close()
+
+    async def close(self) -> None:
+        """Stop the loop and the engine's tensor-parallel workers, if it has any."""
+        await self.stop()
+        self.engine.close()
 
     async def start(self) -> None:
         """Start the background loop (``async with`` does this)."""
@@ -124,6 +136,8 @@ class AsyncRewardEngine:
         self, token_ids: Sequence[int], priority: int = 0, timeout: float | None = None
     ) -> Reward:
         """Reward of one tokenized sequence (the full formatted conversation)."""
+        if isinstance(self._dead, EngineDeadError):
+            raise EngineDeadError(str(self._dead))
         if not self.is_running:
             raise RuntimeError(
                 "the engine is not running: use `async with engine:` or `await engine.start()`"
@@ -191,8 +205,12 @@ class AsyncRewardEngine:
                     self._resolve(request, None)
         except BaseException as exc:
             self._dead = exc
-            logger.exception("the engine loop stopped")
-            self._fail_all(EngineError(f"the engine loop stopped: {exc!r}"))
+            if isinstance(exc, EngineDeadError):
+                logger.error("the engine loop stopped: %s", exc)
+            else:
+                logger.exception("the engine loop stopped")
+            dead = isinstance(exc, EngineDeadError)
+            self._fail_all(exc if dead else EngineError(f"the engine loop stopped: {exc!r}"))
             if not isinstance(exc, Exception):
                 raise
 

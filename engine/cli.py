@@ -60,6 +60,8 @@ examples:
       --dtype float32 --max-batch-tokens 8192 --threads 16
   reward-engine score --model ./my-reward-model --input big.jsonl --output out.jsonl \\
       --kv-cache-dtype fp8
+  reward-engine score --model ./rm70b-tp2 --input big.jsonl --output out.jsonl \\
+      --tensor-parallel-size 2
   echo '{"id": 1, "prompt": "2+2?", "responses": ["4", "5"]}' | \\
       reward-engine score --model ./my-reward-model --input - --output - --no-progress
   reward-engine score --ray --replicas 8 --gpus-per-replica 1 --model /shared/my-rm \\
@@ -185,6 +187,7 @@ def _add_score_command(commands) -> None:
         help="batch-invariant mode: each reward is the same bits whatever else is in the "
         "file or batch (slower; see the README)",
     )
+    add_tensor_parallel_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ray = p.add_argument_group(
         "scale-out on Ray (pip install 'reward-engine[ray]')",
@@ -221,6 +224,19 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def add_tensor_parallel_argument(p: argparse.ArgumentParser) -> None:
+    """--tensor-parallel-size, shared by the commands that run an engine."""
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="split every layer over N processes (one per GPU; on CPU they share the cores, "
+        "--threads is then per process); an engine built with --tp N needs this N "
+        "(default: %(default)s)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -307,10 +323,13 @@ def _run_score(args: argparse.Namespace) -> int:
     source, size = _open_input(args.input)
     try:
         sink = _open_output(args.output)
+        engine = None
         try:
             engine = _load_engine(args)
             stats = _score_stream(engine, source, sink, args, size)
         finally:
+            if engine is not None:
+                engine.close()
             if sink is not sys.stdout:
                 sink.close()
             else:
@@ -363,6 +382,7 @@ def _open_output(path: str) -> IO[str]:
 
 def _load_engine(args: argparse.Namespace):
     from . import RewardEngine  # imports torch: only once the command line is known good
+    from .errors import EngineError
 
     try:
         engine = RewardEngine.from_pretrained(
@@ -373,10 +393,12 @@ def _load_engine(args: argparse.Namespace):
             num_threads=args.threads,
             verify=not args.no_verify,
             deterministic=args.deterministic,
+            tensor_parallel_size=args.tensor_parallel_size,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, EngineError) as exc:
         raise UsageError(f"cannot load the model from {args.model}: {exc}") from None
     if engine.chat is None:
+        engine.close()
         raise UsageError(
             f"{args.model} has no tokenizer.json: copy the model's tokenizer files into it"
         )

@@ -39,6 +39,7 @@ examples:
   reward-engine build ./my-rm -o ./my-rm-fp8 --quantization fp8 --calibration prompts.jsonl
   reward-engine build ./my-rm -o ./my-rm-int8 --quantization int8 --dtype bfloat16
   reward-engine build ./my-rm -o ./my-rm-modelopt --quantization fp8 --format modelopt
+  reward-engine build ./Llama-3.1-70B-RM -o ./rm70b-tp2 --tp 2   # 2 GPUs: one file per rank
   reward-engine build ./my-rm -o ./my-rm-trtllm --format trtllm --quantization fp8 --tp 2 \
       --trtllm-build
   reward-engine score --model ./my-rm-fp8 --input in.jsonl --output out.jsonl
@@ -82,8 +83,10 @@ def add_build_command(commands, add_dtype_argument, positive_int) -> None:
                    "trtllm: a TensorRT-LLM checkpoint (config.json + rank{r}.safetensors) for "
                    "trtllm-build (default: %(default)s)")  # fmt: skip
     p.add_argument("--tp", type=positive_int, default=1, metavar="N",
-                   help="--format trtllm: tensor-parallel ranks, one rank{r}.safetensors each "
-                   "(default: %(default)s)")  # fmt: skip
+                   help="tensor parallelism over N ranks: one weights file per rank (native: "
+                   "load with --tensor-parallel-size N; trtllm: rank{r}.safetensors); the "
+                   "heads, KV heads or intermediate size must split over N (default: "
+                   "%(default)s)")  # fmt: skip
     p.add_argument("--trtllm-build", action="store_true",
                    help="--format trtllm: then run trtllm-build on it (into ENGINE_DIR/engine) "
                    "when it is on PATH; otherwise print the command to run")  # fmt: skip

@@ -2,7 +2,9 @@
 
 weights.safetensors is written as the tensors arrive, in the order of the format's
 name table; config.json and the tokenizer files are copied unchanged; the manifest
-records the build settings, package versions and every file's sha256.
+records the build settings, package versions and every file's sha256. With
+``--tp N`` each layer is sharded as it arrives (engine/sharding.py) and rank r's slice
+goes to weights.rank{r}.safetensors; the embedding, norms and head are in every file.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from ..engine_dir import (
     FORMAT_VERSION,
     LINEARS,
     TOKENIZER_FILES,
-    WEIGHTS,
-    has_bias,
+    stored_bias,
     weight_plan,
+    weights_file,
 )
 from ..hardware import dtype_name
 from ..linear import DenseLinear
 from ..safetensors_io import SafetensorsWriter
+from ..sharding import rank_config, shard_layer
 from .pipeline import BuildPlan, BuildResult, Sink, prepare, run
 from .quantize import QMAX
 from .settings import BuildSettings
@@ -50,14 +53,26 @@ def build_engine(
 class NativeSink(Sink):
     def open(self, plan: BuildPlan, writer) -> None:
         self.plan, self.writer = plan, writer
-        tensors = weight_plan(plan.cfg, plan.fmt, plan.head_rows)
-        self.file = SafetensorsWriter(writer.path(WEIGHTS), tensors, {"format": FORMAT})
+        self.tp = tp = plan.settings.tensor_parallel_size
+        cfg = rank_config(plan.cfg, tp)
+        self.files = [
+            SafetensorsWriter(writer.path(weights_file(r, tp)),
+                              weight_plan(cfg, plan.fmt, plan.head_rows, r if tp > 1 else 0),
+                              {"format": FORMAT})
+            for r in range(tp)
+        ]  # fmt: skip
 
     def embedding(self, embed):
-        self.file.write("embed.weight", embed)
+        for f in self.files:
+            f.write("embed.weight", embed)
 
     def layer(self, i, layer):
-        w, p, cfg, fmt = self.file, f"layers.{i}.", self.plan.cfg, self.plan.fmt
+        for rank, file in enumerate(self.files):
+            shard = shard_layer(layer, self.plan.cfg, rank, self.tp)
+            self._write_layer(file, i, shard, rank if self.tp > 1 else 0)
+
+    def _write_layer(self, w, i, layer, rank):
+        p, cfg, fmt = f"layers.{i}.", self.plan.cfg, self.plan.fmt
         w.write(p + "input_norm.weight", layer.input_norm)
         for name in LINEARS:
             lin = getattr(layer, name)
@@ -66,7 +81,7 @@ class NativeSink(Sink):
                 w.write(p + f"{name}.weight_scale", lin.weight_scale)
                 if fmt.static_input_scales:
                     w.write(p + f"{name}.input_scale", lin.input_scale)
-            if has_bias(cfg, name):
+            if stored_bias(cfg, name, rank):
                 w.write(p + f"{name}.bias", lin.bias)
             if name == "o_proj":
                 w.write(p + "post_norm.weight", layer.post_norm)
@@ -75,14 +90,17 @@ class NativeSink(Sink):
             w.write(p + "attn.v_scale", layer.v_scale)
 
     def tail(self, final_norm, head_rows):
-        self.file.write("final_norm.weight", final_norm)
-        self.file.write("head.weight", head_rows)
+        for f in self.files:
+            f.write("final_norm.weight", final_norm)
+            f.write("head.weight", head_rows)
 
     def discard(self):
-        self.file.discard()
+        for f in self.files:
+            f.discard()
 
     def close(self, report):
-        self.writer.record(WEIGHTS, self.file.close())
+        for rank, f in enumerate(self.files):
+            self.writer.record(weights_file(rank, self.tp), f.close())
         for name in ("config.json", *TOKENIZER_FILES):
             if (self.plan.source / name).is_file():
                 self.writer.copy(self.plan.source / name)
@@ -122,6 +140,7 @@ def manifest(plan: BuildPlan, report) -> dict:
             "activation_scales": settings.resolved_activation_scales,
             "kv_cache_dtype": settings.kv_cache_dtype,
             "qmax": QMAX.get(settings.quantization),
+            "tensor_parallel_size": settings.tensor_parallel_size,
         },
         "build": settings.to_json(),
         "calibration": None if calibration is None else {

@@ -30,6 +30,7 @@ from ..checkpoint import CheckpointReader, LayerWeights, load_head, load_layer
 from ..config import CAUSAL_LM, ModelConfig
 from ..engine_dir import LINEARS, WeightFormat, is_engine_dir, linear_shapes
 from ..hardware import resolve_dtype
+from ..sharding import ShardingError, check_tensor_parallel
 from .calibration import CalibrationSet, load_calibration
 from .layerwise import InputSpec, LayerObservations, NextLayer, Stream, make_batches, shell_model
 from .quantize import quantize_linear, static_input_scale
@@ -136,6 +137,10 @@ def prepare(source: Path, settings: BuildSettings) -> BuildPlan:
                          "has a score head")  # fmt: skip
     else:
         token_ids = ()
+    try:
+        check_tensor_parallel(cfg, settings.tensor_parallel_size)
+    except ShardingError as exc:
+        raise BuildError(f"--tp {settings.tensor_parallel_size}: {exc}") from None
     try:
         reader = CheckpointReader(source)
         reader.validate(cfg, token_ids or (0,))

@@ -28,7 +28,9 @@ class BuildSettings:
     FP8 with per-tensor weight and input scales for static activation scales,
     FP8_PER_CHANNEL_PER_TOKEN for dynamic ones) or "trtllm" (a TensorRT-LLM checkpoint for
     trtllm-build: unquantized, or quant_algo FP8 with static activation scales).
-    tensor_parallel_size: ranks of a trtllm checkpoint (one rank{r}.safetensors each).
+    tensor_parallel_size: N > 1 writes one weights file per tensor-parallel rank
+    (engine/sharding.py): an engine directory loaded with tensor_parallel_size=N, or a
+    trtllm checkpoint's rank{r}.safetensors.
     """
 
     quantization: str = "none"
@@ -67,10 +69,12 @@ class BuildSettings:
                 "--activation-scales dynamic, or no --quantization"
             )
         if type(self.tensor_parallel_size) is not int or self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be a positive int, got "
-                             f"{self.tensor_parallel_size!r}")  # fmt: skip
-        if self.tensor_parallel_size > 1 and self.format != "trtllm":
-            raise ValueError("--tp applies to --format trtllm")
+            raise ValueError(
+                f"tensor_parallel_size must be a positive int, got {self.tensor_parallel_size!r}"
+            )
+        if self.tensor_parallel_size > 1 and self.format == "modelopt":
+            raise ValueError("--tp applies to engine directories and TensorRT-LLM checkpoints; a ModelOpt "
+                             "checkpoint is sharded by the engine that loads it")  # fmt: skip
         if self.quantization == "none" and self.activation_scales != "auto":
             raise ValueError("--activation-scales applies to --quantization fp8 or int8")
 

@@ -23,7 +23,6 @@ import weakref
 from multiprocessing import connection
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..errors import EngineDeadError
@@ -36,8 +35,10 @@ from .worker import WorkerSpec, rank_device, worker_main
 
 logger = logging.getLogger(__name__)
 
-# After a failed collective, how long to wait for the dead worker's exit to be seen.
-EXIT_GRACE_S = 2.0
+# After a failed collective, how long to wait for the dead worker's exit to be seen (a
+# peer's socket can close before its process is reported gone).
+EXIT_GRACE_S = 5.0
+STEP_FAILED = "a step failed on rank 0"
 STOP_GRACE_S = 5.0
 
 
@@ -51,9 +52,9 @@ class TensorParallelExecutor:
         self._conns = conns
         self._dead: str | None = None
         self._closed = False
-        self._watch = _Watcher(processes)
-        self._finalizer = weakref.finalize(self, _shutdown, processes, conns, self._watch,
-                                           previous_threads)  # fmt: skip
+        self.group = None  # once every worker has loaded (load())
+        self._watch = _Watcher(processes, conns, previous_threads)
+        self._finalizer = weakref.finalize(self, _shutdown, self._watch)
 
     # -- startup --------------------------------------------------------------------
 
@@ -118,13 +119,22 @@ class TensorParallelExecutor:
         loaded = load_model(self.spec.model_dir, self.spec.dtype, self.spec.reward_token_ids,
                             self.spec.verify, rank=0, tensor_parallel_size=self.tp)  # fmt: skip
         self._collect("loaded", timeout_s=None)
-        group.init_group(self.spec, 0, self.device, self._store)
+        self.group = self._watch.group = group.Group(self.spec, 0, self.device, self._store)
         self._watch.start(self._on_worker_death)
         return loaded
 
     def make_model(self, cfg, weights, max_position, deterministic) -> TensorParallelModel:
         return TensorParallelModel(rank_config(cfg, self.tp), weights, max_position=max_position,
-                                   deterministic=deterministic)  # fmt: skip
+                                   deterministic=deterministic, group=self.group)  # fmt: skip
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of ranks 1..N-1, in rank order."""
+        return [p.pid for p in self._procs]
+
+    @property
+    def workers_alive(self) -> list[bool]:
+        return [p.is_alive() for p in self._procs]
 
     @property
     def pools_sharing_memory(self) -> int:
@@ -155,10 +165,10 @@ class TensorParallelExecutor:
         payload = pack_step(input_ids, meta)
         self._send_all(("step", sizes))
         try:
-            dist.broadcast(payload, src=0)
+            self.group.broadcast(payload, src=0)
             return model.rewards(input_ids, meta, kv_cache)
         except Exception as exc:  # noqa: BLE001 - every rank's state is unknown now
-            raise self._fail(f"a step failed on rank 0 ({type(exc).__name__}: {exc})") from exc
+            raise self._fail(f"{STEP_FAILED} ({type(exc).__name__}: {exc})") from exc
 
     def check_alive(self) -> None:
         if self._dead is not None:
@@ -220,14 +230,18 @@ class TensorParallelExecutor:
 
     def _on_worker_death(self) -> None:
         """Watcher thread: a worker exited while the engine runs."""
-        if not self._closed and self._dead is None and self.device.type == "cuda":
-            group.abort_group()  # NCCL would wait for its timeout; gloo fails by itself
+        if not self._closed and self._dead is None:
+            self.group.abort()  # NCCL would wait for its timeout; gloo fails by itself
 
     def _fail(self, reason: str, startup: bool = False, errors=None) -> Exception:
         """Mark the engine dead, stop what is left of it, and return the error to raise:
         which worker died and how (or the error it reported), and ``reason``."""
         errors = dict(errors or {})
-        connection.wait([p.sentinel for p in self._procs], EXIT_GRACE_S if not startup else 0.5)
+        grace = EXIT_GRACE_S if not startup else 0.5
+        exited = connection.wait([p.sentinel for p in self._procs], grace)
+        for proc in self._procs:
+            if proc.sentinel in exited:
+                proc.join(grace)  # the sentinel can fire before the exit status is ready
         for rank, conn in enumerate(self._conns, start=1):
             try:
                 while rank not in errors and conn.poll():
@@ -245,8 +259,8 @@ class TensorParallelExecutor:
             elif proc.exitcode is not None:
                 parts.append(f"tensor-parallel worker rank {rank} (pid {proc.pid}) died "
                              f"({_describe_exit(proc.exitcode)})")  # fmt: skip
-        if reason:
-            parts.append(reason)
+        if reason and not (parts and reason.startswith(STEP_FAILED)):
+            parts.append(reason)  # a step's own error, unless a dead worker explains it
         message = "; ".join(parts) or "a tensor-parallel worker stopped"
         message += (
             ": the engine cannot start" if startup else
@@ -276,24 +290,25 @@ class TensorParallelRunner(ModelRunner):
 
 
 class _Watcher:
-    """A daemon thread that notices a worker's exit while the engine runs."""
+    """What the shutdown needs (no reference to the executor, so a dropped engine is
+    collected), and a daemon thread that notices a worker's exit while the engine runs."""
 
-    def __init__(self, processes):
-        self._procs = processes
-        self._wake_r, self._wake_w = mp.get_context("spawn").Pipe(duplex=False)
-        self._thread = None
+    def __init__(self, processes, conns, previous_threads):
+        self.procs, self.conns = processes, conns
+        self.previous_threads = previous_threads
+        self.group = None
         self.graceful = True  # False once a step failed: workers may be stuck in a collective
+        self._wake_r, self._wake_w = mp.get_context("spawn").Pipe(duplex=False)
 
     def start(self, on_death) -> None:
         callback = weakref.WeakMethod(on_death)  # the thread must not keep the engine alive
 
         def watch():
-            ready = connection.wait([p.sentinel for p in self._procs] + [self._wake_r])
+            ready = connection.wait([p.sentinel for p in self.procs] + [self._wake_r])
             if self._wake_r not in ready and (fn := callback()) is not None:
                 fn()
 
-        self._thread = threading.Thread(target=watch, name="reward-engine-tp-watch", daemon=True)
-        self._thread.start()
+        threading.Thread(target=watch, name="reward-engine-tp-watch", daemon=True).start()
 
     def stop(self) -> None:
         try:
@@ -311,25 +326,26 @@ def _describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
-def _shutdown(processes, conns, watcher: _Watcher, previous_threads: int | None) -> None:
-    """Stop every worker (asked first, then terminated), leave the process group and
-    give this process back its thread count. A weakref finalizer: runs once, on
-    close(), on garbage collection or at exit."""
-    watcher.stop()
-    for conn in conns:
+def _shutdown(state: _Watcher) -> None:
+    """Stop every worker (asked first, then killed), drop the process group and give
+    this process back its thread count. A weakref finalizer: runs once, on close(), on
+    garbage collection or at exit."""
+    state.stop()
+    for conn in state.conns:
         try:
             conn.send(("stop",))
         except OSError:
             pass
-    deadline = time.monotonic() + (STOP_GRACE_S if watcher.graceful else 0.0)
-    for proc in processes:
+    deadline = time.monotonic() + (STOP_GRACE_S if state.graceful else 0.0)
+    for proc in state.procs:
         proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in processes:
+    for proc in state.procs:
         if proc.is_alive():
             proc.kill()
             proc.join(1.0)
-    for conn in conns:
+    for conn in state.conns:
         conn.close()
-    group.destroy_group()
-    if previous_threads is not None:
-        torch.set_num_threads(previous_threads)
+    if state.group is not None:
+        state.group.shutdown()
+    if state.previous_threads is not None:
+        torch.set_num_threads(state.previous_threads)

@@ -15,20 +15,20 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 
 from ..model import LlamaRewardModel
 
 
 class TensorParallelModel(LlamaRewardModel):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, group, **kwargs):
         super().__init__(*args, **kwargs)
+        self.group = group  # engine/distributed/group.py Group
         self.comm_seconds = 0.0
         self.comm_calls = 0
 
     def _all_reduce(self, partial: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
-        dist.all_reduce(partial)
+        self.group.all_reduce(partial)
         self.comm_seconds += time.perf_counter() - start
         self.comm_calls += 1
         return partial

@@ -65,7 +65,7 @@ def worker_main(rank: int, spec: WorkerSpec, conn) -> None:
 def _run(rank: int, spec: WorkerSpec, conn) -> None:
     from ..checkpoint import move_weights
     from ..loading import load_model
-    from .group import destroy_group, init_group
+    from .group import Group
 
     torch.set_num_threads(spec.num_threads)
     device = rank_device(spec, rank)
@@ -75,16 +75,14 @@ def _run(rank: int, spec: WorkerSpec, conn) -> None:
                         rank=rank, tensor_parallel_size=spec.tensor_parallel_size)  # fmt: skip
     weights = loaded.weights if device.type == "cpu" else move_weights(loaded.weights, device)
     conn.send(("loaded",))
-    init_group(spec, rank, device)
+    group = Group(spec, rank, device)
     try:
-        _serve(conn, spec, loaded.cfg, weights, device)
+        _serve(conn, spec, group, loaded.cfg, weights, device)
     finally:
-        destroy_group()
+        group.shutdown()
 
 
-def _serve(conn, spec: WorkerSpec, cfg, weights, device: torch.device) -> None:
-    import torch.distributed as dist
-
+def _serve(conn, spec: WorkerSpec, group, cfg, weights, device: torch.device) -> None:
     from ..runner import KVCachePool
     from ..sharding import rank_config
     from .model import TensorParallelModel
@@ -95,7 +93,8 @@ def _serve(conn, spec: WorkerSpec, cfg, weights, device: torch.device) -> None:
         return
     model = TensorParallelModel(rank_config(cfg, spec.tensor_parallel_size), weights,
                                 max_position=settings["max_position"],
-                                deterministic=settings["deterministic"])  # fmt: skip
+                                deterministic=settings["deterministic"],
+                                group=group)  # fmt: skip
     del weights
     pool = KVCachePool(model.cfg, settings["num_blocks"], settings["block_size"],
                        settings["cache_dtype"], device, pretouch=settings["pretouch"])  # fmt: skip
@@ -106,6 +105,6 @@ def _serve(conn, spec: WorkerSpec, cfg, weights, device: torch.device) -> None:
             return
         sizes = message[1]
         flat = torch.empty(payload_numel(sizes), dtype=torch.int64, device=device)
-        dist.broadcast(flat, src=0)
+        group.broadcast(flat, src=0)
         input_ids, meta = unpack_step(flat, sizes)
         model.hidden_states(input_ids, meta, pool)

@@ -272,7 +272,7 @@ def test_cli_builds_a_trtllm_checkpoint_and_prints_the_trtllm_build_command(
     (["--format", "trtllm", "--quantization", "fp8", "--activation-scales", "dynamic"],
      "static activation"),
     (["--format", "trtllm", "--tp", "3"], "tensor_parallel_size=3 does not divide"),
-    (["--tp", "2"], "--tp applies to --format trtllm"),
+    (["--format", "modelopt", "--quantization", "fp8", "--tp", "2"], "--tp applies to"),
     (["--trtllm-build"], "--trtllm-build applies to --format trtllm"),
 ])  # fmt: skip
 def test_cli_refuses_what_the_trtllm_format_cannot_hold(tiny_checkpoint, tmp_path, capsys, args,
