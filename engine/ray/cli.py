@@ -61,6 +61,9 @@ def run_ray_score(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except RayScoreError as exc:
         raise UsageError(str(exc)) from None
+    except ray.exceptions.RayError as exc:  # e.g. a replica could not load the model
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"the Ray run failed: {first}") from None
     print(stats.summary(), file=sys.stderr)
     return 1 if stats.error_lines else 0
 
