@@ -62,6 +62,7 @@ class RewardClient:
         timeout: float = 300.0,
         max_retries: int = 8,
         max_retry_wait: float = 30.0,
+        transport=None,
     ):
         import httpx
 
@@ -70,6 +71,8 @@ class RewardClient:
         self.max_retry_wait = max_retry_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client_args = dict(base_url=self.base_url, headers=headers, timeout=timeout)
+        if transport is not None:  # an httpx transport (tests, proxies, custom TLS)
+            self._client_args["transport"] = transport
         self._sync = httpx.Client(**self._client_args)
         self._async: dict[int, Any] = {}
 

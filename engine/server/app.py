@@ -69,6 +69,7 @@ def create_app(config: ServerConfig, engine: AsyncRewardEngine | None = None) ->
     state.in_flight = 0
     state.on_drained = None
     state.started_at = int(time.time())
+    state.documented_paths = None  # filled from the OpenAPI schema on first use
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
@@ -79,6 +80,7 @@ def create_app(config: ServerConfig, engine: AsyncRewardEngine | None = None) ->
 
     app.add_middleware(ServerMiddleware, state=state)
     app.openapi = lambda: _openapi(app)
+    state.openapi = app.openapi
     return app
 
 

@@ -98,6 +98,11 @@ def add_serve_command(commands, add_dtype_argument, positive_int) -> None:
     )
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads (default: torch's)")  # fmt: skip
+    p.add_argument("--deterministic", action="store_true",
+                   help="batch-invariant mode: a reward is the same bits whatever else is in "
+                   "the batch (slower; see the README)")  # fmt: skip
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                   help="shard the model over N devices (default: %(default)s)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true",
                    help="engine directories: skip the sha256 check of the files")  # fmt: skip
     ray = p.add_argument_group(
@@ -139,6 +144,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         engine_kwargs["num_threads"] = args.threads
     if args.kv_cache_gib:
         engine_kwargs["kv_cache_gib"] = args.kv_cache_gib
+    if args.deterministic:
+        engine_kwargs["deterministic"] = True
+    if args.tensor_parallel_size != 1:  # only engines with tensor parallelism take it
+        engine_kwargs["tensor_parallel_size"] = args.tensor_parallel_size
     return ServerConfig(
         model=args.model, host=args.host, port=args.port, api_key=args.api_key,
         max_queue=args.max_queue, max_batch_tokens=args.max_batch_tokens,

@@ -96,7 +96,8 @@ def describe_validation_errors(errors) -> str:
                          "valid JSON")  # fmt: skip
             continue
         if kind == "missing":
-            parts.append(f"{where} is missing")
+            parts.append("the body is missing: send a JSON object" if not loc
+                         else f"{where} is missing")  # fmt: skip
             continue
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     if len(errors) > 5:

@@ -110,8 +110,7 @@ class ServerMiddleware:
         return None
 
     def _record(self, scope, path, code, info, seconds) -> None:
-        route = scope.get("route")
-        label = getattr(route, "path", None) or ("unmatched" if code == 404 else "other")
+        label = _route_label(scope, path, self.state)
         m = self.state.metrics
         m.requests.labels(label, str(code or 499)).inc()
         m.latency.labels(label).observe(seconds)
@@ -125,6 +124,17 @@ class ServerMiddleware:
             return  # probes every few seconds would drown the log
         logger.info("%s %s %s items=%d tokens=%d %.1f ms", scope.get("method"), path,
                     code or "499 (client gone)", items, tokens, seconds * 1000)  # fmt: skip
+
+
+def _route_label(scope, path: str, state) -> str:
+    """The route's path template (a bounded set of label values): the matched route's,
+    or for a request refused before routing, the documented path it names."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    if state.documented_paths is None:
+        state.documented_paths = frozenset(state.openapi()["paths"])
+    return path if path in state.documented_paths else "unmatched"
 
 
 def _error(status, message, code, headers=None) -> JSONResponse:
