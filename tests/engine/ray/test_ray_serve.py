@@ -15,8 +15,6 @@ from engine.cli import main
 from engine.ray.serve import reward_app
 from engine.server.config import ServerConfig
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,11 +37,12 @@ def served(tiny_checkpoint):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_replicas_answer_score_requests_as_the_local_engine(served, tiny_checkpoint):
     local = RewardEngine.from_pretrained(tiny_checkpoint, dtype="float32", num_kv_blocks=256,
                                          deterministic=True)  # fmt: skip
     with httpx.Client(base_url=served, timeout=120) as client:
-        for k in range(6):  # several requests: the proxy spreads them over both replicas
+        for k in range(6):
             responses = [f"{k} apples", "I cannot count."]
             r = client.post("/v1/score", json={"prompt": "How many apples?",
                                                "responses": responses})  # fmt: skip
@@ -59,3 +58,10 @@ def test_replicas_answer_score_requests_as_the_local_engine(served, tiny_checkpo
 def test_serve_flags_need_ray(tiny_checkpoint, capsys):
     assert main(["serve", str(tiny_checkpoint), "--replicas", "2"]) == 2
     assert "--replicas applies to --ray" in capsys.readouterr().err
+
+
+def test_the_deployment_bounds_requests_in_flight_per_replica():
+    deployment = reward_app(ServerConfig(model="/shared/rm"), replicas=3, max_ongoing_requests=7,
+                            num_cpus=0.5, num_gpus=1)._bound_deployment  # fmt: skip
+    assert (deployment.num_replicas, deployment.max_ongoing_requests) == (3, 7)
+    assert deployment.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 1}
