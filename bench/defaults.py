@@ -32,8 +32,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATE_AVX2 = {"REWARD_ENGINE_CPU_ISA": "avx2", "REWARD_ENGINE_INT8_GEMM": "avx2",
-                "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # fmt: skip
 
 # One measurement in a fresh process (so thread counts, ISA caps and page faults start
 # clean): prints a JSON object.
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.append(str(ROOT / "bench"))
-    from e2e import machine_info, machine_slug
+    from e2e import EMULATE_AVX2, machine_info, machine_slug
 
     env = EMULATE_AVX2 if args.emulate_avx2 else {}
     load_start = os.getloadavg()[0]

@@ -44,11 +44,14 @@ each rate reports achieved throughput and p50/p90/p99 latency (arrival to result
 Writes bench/results/<name>_<machine class>.md and .json (name: e2e; class: amx,
 avx512_bf16, avx512, avx2 or other, from the CPU flags, so runs on different machines
 never overwrite each other) with the machine, versions and date, plus a profile of one
-engine step.
+engine step. --emulate-avx2 runs everything with the instruction set of an AVX2-only CPU
+(this project's kernels, oneDNN and torch capped at AVX2, so auto picks fp32) and files
+the results as class avx2-emulated: not an AVX2 machine's memory system or clocks.
 
     python bench/e2e.py                       # everything (~20 min on 2 cores)
     python bench/e2e.py --models small --workloads mixed
     python bench/e2e.py --models small --online --name e2e_scheduler
+    python bench/e2e.py --models 1b --workloads mixed --quantization int8 --emulate-avx2
 """
 
 from __future__ import annotations
@@ -360,6 +363,15 @@ def run_online(path: Path, seqs, budget: int, rates: list[float], seed: int = 0)
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+# An AVX2-only CPU's instruction set on a bigger one: this project's kernels, oneDNN and
+# torch's own kernels capped at AVX2 (so the dtype auto picks is fp32). Not its memory
+# system or clocks: such figures are filed and labelled as emulated.
+EMULATE_AVX2 = {"REWARD_ENGINE_CPU_ISA": "avx2", "REWARD_ENGINE_INT8_GEMM": "avx2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # fmt: skip
+
+
+def emulating_avx2() -> bool:
+    return all(os.environ.get(k) == v for k, v in EMULATE_AVX2.items())
 
 
 def machine_info() -> dict:
@@ -450,7 +462,13 @@ def main(argv=None) -> int:
                     help="HF baseline dtype (default: auto, what a user of HF would pick here)")  # fmt: skip
     ap.add_argument("--quantization", default="",
                     help="also time engines built with these quantizations: int8, fp8")  # fmt: skip
+    ap.add_argument("--emulate-avx2", action="store_true",
+                    help="run as an AVX2-only CPU would (ISA caps on every kernel library; "
+                    "results filed as avx2-emulated)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.emulate_avx2 and not emulating_avx2():
+        # torch reads ATEN_CPU_CAPABILITY when it loads: start again with the caps set
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **EMULATE_AVX2})
     global DTYPE, HF_DTYPE
     from engine.hardware import resolve_dtype
 
@@ -561,7 +579,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "budget": args.budget, "repeat": args.repeat, "rows": rows,
               "online": online}  # fmt: skip
-    stem = f"{args.name}_{machine_slug(info['cpu_flags'])}"
+    slug = "avx2-emulated" if emulating_avx2() else machine_slug(info["cpu_flags"])
+    stem = f"{args.name}_{slug}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{stem}.md").write_text(
         render_markdown(info, rows, profiles, args.budget, online)
@@ -583,7 +602,11 @@ def render_markdown(info, rows, profiles, budget, online=()) -> str:
         "",
         f"Measured {info['date']} on {info['cpu']} ({info['threads']} threads; CPU flags "
         f"{', '.join(info.get('cpu_flags', [])) or 'unknown'}; kernel ISA "
-        f"{info.get('kernel_isa')}), torch {info['torch']}, transformers {info['transformers']}, "
+        f"{info.get('kernel_isa')}"
+        + ("; run as an AVX2-only CPU: " + ", ".join(f"{k}={v}" for k, v in EMULATE_AVX2.items())
+           + ", the instruction set of such a CPU, not its memory system or clocks"
+           if emulating_avx2() else "")
+        + f"), torch {info['torch']}, transformers {info['transformers']}, "
         f"Python {info['python']}. 1-minute load average {info.get('load_average_1m_start', 0):.1f} "
         f"at the start, {info.get('load_average_1m', 0):.1f} at the end"
         + (" (other processes competed for the cores)."

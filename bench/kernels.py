@@ -3,7 +3,8 @@ baseline timed in the same run, with a roofline measured in the same run.
 
 Baselines: the unfused PyTorch ops of the `reference` backend (norms, silu_mul, rope,
 fp8_quantize); torch's own matmul (torch.mm: oneDNN on CPU, cuBLAS on GPU) for
-batch_invariant_linear, timed on every CPU ISA path; torch SDPA on the equivalent
+batch_invariant_linear, timed on every CPU ISA path, and for the INT8 W8A8 GEMM options
+(this project's kernel per int8 ISA, torch's quantized engines, torch._int_mm); torch SDPA on the equivalent
 contiguous tensors for attention (causal, GQA); torch._scaled_mm for the FP8 GEMM on a
 GPU. rope_and_cache and attention also run each backend with an E4M3 KV cache
 (`<backend>, fp8 KV cache`) beside the cache in the activation dtype, in the same turns;
@@ -18,6 +19,7 @@ bench/microbench.py.
     python bench/kernels.py                  # CPU: cpu and reference backends (~2-3 min)
     python bench/kernels.py --device cuda    # GPU: cuda and triton backends, GPU targets
     python bench/kernels.py --only attention --quick
+    python bench/kernels.py --only int8 --out bench/results/int8_gemm_cpu   # W8A8 options
 
 Not a test: pytest collects tests/ only. The `triton` backend is measured on CUDA
 tensors only (on CPU it runs in Triton's interpreter, which is for tests).
@@ -31,6 +33,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -246,6 +249,92 @@ def linear_cases(device, dtype, m, n, k, label, wanted) -> list[Case]:
                  flops=2.0 * m * n * k)]  # fmt: skip
 
 
+INT8_LEVELS = ("amx", "avx512_vnni", "avx2", "scalar")  # REWARD_ENGINE_INT8_GEMM values
+
+
+def int8_gemm_cases(device, m, n, k, label, wanted) -> list[Case]:
+    """The W8A8 GEMM options of a CPU, each on the same operands: this project's kernel
+    on every int8 ISA path this CPU has (per-token x per-channel scales, out in the
+    compute dtype, weight prepacked once as the engine does); the same with the dynamic
+    activation quantize in front (the work torch's dynamic quantized linear does); torch's
+    quantized engines (`quantized.linear_dynamic`: fp32 in and out, per-channel weight,
+    per-tensor activation quantized at run time); torch._int_mm (int32 out, no scales);
+    and the dense matmul a non-quantized engine runs, in the dtype auto picks (baseline)
+    and in fp32."""
+    from engine.hardware import resolve_dtype
+
+    dtype = resolve_dtype("auto", device)[0]
+    x = torch.randn(m, k, device=device)
+    w = torch.randn(n, k, device=device)
+    xd, wd = x.to(dtype), w.to(dtype)
+    aq, a_s = kernels.int8_quantize(x, granularity="token")
+    bq, b_s = kernels.int8_quantize(w, granularity="token")
+    packed = kernels.prepack_int8_weight(bq)
+    out = torch.empty(m, n, dtype=dtype)
+    base = f"torch.mm ({str(dtype).removeprefix('torch.')})"
+    runs = {base: lambda: torch.mm(xd, wd.t(), out=out)}
+    if dtype != torch.float32:
+        runs["torch.mm (float32)"] = lambda: torch.mm(x, w.t())
+    for level in _int8_levels():
+        if level == "scalar" and m * n * k > 2**28:
+            continue  # minutes at these shapes; it is the correctness fallback
+        gemm = partial(kernels.int8_gemm, aq, packed, a_s, b_s, dtype, out=out, backend="cpu")
+        runs[f"int8_gemm cpu [{level}]"] = partial(_with_env, "REWARD_ENGINE_INT8_GEMM", level,
+                                                   gemm)  # fmt: skip
+    runs["int8_quantize + int8_gemm cpu"] = lambda: kernels.int8_gemm(
+        kernels.int8_quantize(xd, granularity="token")[0], packed, a_s, b_s, dtype, out=out)
+    runs.update(_torch_quantized_linears(x, w))
+    ai, bi = aq.contiguous(), bq.t().contiguous()
+    runs["torch._int_mm"] = lambda: torch._int_mm(ai, bi)
+    return [Case("int8 W8A8 GEMM options", f"{label} M={m} N={n} K={k}", dtype, runs, base,
+                 flops=2.0 * m * n * k)]  # fmt: skip
+
+
+def _int8_levels() -> list[str]:
+    """The int8 GEMM paths this CPU has (a forced level above the CPU's runs the best)."""
+    found = []
+    for level in INT8_LEVELS:
+        if _with_env("REWARD_ENGINE_INT8_GEMM", level, kernels.int8_gemm_isa) == level:
+            found.append(level)
+    return found
+
+
+def _torch_quantized_linears(x, w) -> dict:
+    runs = {}
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-8)
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    before = torch.backends.quantized.engine
+    for engine in ("onednn", "fbgemm", "x86"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch
+            qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(qw, None)
+        runs[f"torch quantized.linear_dynamic [{engine}]"] = partial(
+            _with_quantized_engine, engine, packed, x)
+    torch.backends.quantized.engine = before
+    return runs
+
+
+def _with_quantized_engine(engine, packed, x):
+    torch.backends.quantized.engine = engine
+    return torch.ops.quantized.linear_dynamic(x, packed, False)
+
+
+def _with_env(name, value, fn):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if before is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = before
+
+
 def _cpu_isas() -> list[str]:
     from kernels import _native
 
@@ -254,15 +343,7 @@ def _cpu_isas() -> list[str]:
 
 
 def _with_isa(isa, fn):
-    before = os.environ.get("REWARD_ENGINE_CPU_ISA")
-    os.environ["REWARD_ENGINE_CPU_ISA"] = isa
-    try:
-        return fn()
-    finally:
-        if before is None:
-            os.environ.pop("REWARD_ENGINE_CPU_ISA")
-        else:
-            os.environ["REWARD_ENGINE_CPU_ISA"] = before
+    return _with_env("REWARD_ENGINE_CPU_ISA", isa, fn)
 
 
 # (M, N, K, label): the small e2e checkpoint's projections at a full step and at the
@@ -271,6 +352,13 @@ LINEAR_SHAPES = [(4096, 1024, 512, "small qkv"), (4096, 3072, 512, "small gate_u
                  (4096, 512, 1536, "small down"), (16, 3072, 512, "small gate_up"),
                  (512, 3072, 2048, "1b qkv"), (512, 16384, 2048, "1b gate_up"),
                  (512, 2048, 8192, "1b down")]  # fmt: skip
+
+
+# the 1B checkpoint's projections at a 512-token step (the e2e INT8 engine's shape),
+# the small one's at a full 4096-token step, and a few-row step
+INT8_SHAPES = [(512, 3072, 2048, "1b qkv"), (512, 16384, 2048, "1b gate_up"),
+               (512, 2048, 8192, "1b down"), (4096, 3072, 512, "small gate_up"),
+               (16, 16384, 2048, "1b gate_up")]  # fmt: skip
 
 
 def plan(device: torch.device, quick: bool) -> tuple[list, str]:
@@ -291,6 +379,8 @@ def plan(device: torch.device, quick: bool) -> tuple[list, str]:
                      partial(fp8_gemm_cases, device, 64, 1024, 2048, wanted)]  # fmt: skip
         builders += [partial(linear_cases, device, bf16, *shape, wanted)
                      for shape in LINEAR_SHAPES[: 2 if quick else None]]  # fmt: skip
+        builders += [partial(int8_gemm_cases, device, *shape, wanted)
+                     for shape in INT8_SHAPES[: 2 if quick else None]]  # fmt: skip
         reduced = (
             "CPU shapes are reduced where a 70B shape would take minutes on 2 cores: "
             f"silu_mul 70b at {256 if quick else 1024} tokens; attention at 512 tokens per "
@@ -441,6 +531,35 @@ def fp8_kv_section(ratios: list[dict]) -> list[str]:
 # ----------------------------------------------------------------------------- report
 
 
+def int8_section(rows: list[dict]) -> list[str]:
+    """Per shape, the fastest W8A8 option and the int8 path int8_gemm dispatches to."""
+    shapes = {}
+    for r in rows:
+        if r["op"] == "int8 W8A8 GEMM options" and r.get("median_s"):
+            shapes.setdefault(r["shape"], []).append(r)
+    if not shapes:
+        return []
+    lines = ["## INT8 W8A8: the fastest option per shape",
+             f"int8_gemm dispatches to `{kernels.int8_gemm_isa()}` on this CPU. Speedup: the "
+             "baseline's time (dense matmul in the dtype auto picks) over the option's.", "",
+             "| shape | fastest | its speedup | int8_gemm (dispatched) speedup | "
+             "best torch quantized speedup |", "|---|---|---|---|---|"]  # fmt: skip
+    chosen = f"int8_gemm cpu [{kernels.int8_gemm_isa()}]"
+    for shape, group in shapes.items():
+        base = next(r for r in group if r["impl"] == r["baseline"])["median_s"]
+        best = min(group, key=lambda r: r["median_s"])
+        ours = next((r for r in group if r["impl"] == chosen), None)
+        torch_q = [r for r in group if r["impl"].startswith("torch quantized")]
+        tq = min(torch_q, key=lambda r: r["median_s"]) if torch_q else None
+        lines.append(
+            f"| {shape} | {best['impl']} | {base / best['median_s']:.2f}x | "
+            + (f"{base / ours['median_s']:.2f}x" if ours else "-") + " | "
+            + (f"{base / tq['median_s']:.2f}x ({tq['impl'].split('[')[-1][:-1]})" if tq else "-")
+            + " |"
+        )
+    return lines
+
+
 def fastest_section(verdicts: list[dict]) -> list[str]:
     """The report's "Fastest GPU backend per op" section: what the dispatch order
     (kernels/README.md, "Backends and dispatch") is to follow."""
@@ -519,6 +638,8 @@ def main(argv=None) -> int:
     env["load_average_1min_at_end"] = os.getloadavg()[0]
     rows = [r for c in cases for r in c.rows]
     extra = fp8_kv_section(fp8_kv_ratios(rows))
+    int8 = int8_section(rows) if device.type == "cpu" else []
+    extra += [""] * bool(extra and int8) + int8
     if device.type == "cuda":
         extra += [""] * bool(extra) + fastest_section(fastest_gpu_backends(rows))
     print("\n".join(extra), flush=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..config import KV_CACHE_DTYPES  # one list for the runtime and the builder
+
 QUANTIZATIONS = ("none", "fp8", "int8")
 ACTIVATION_SCALES = ("auto", "static", "dynamic")
-KV_CACHE_DTYPES = ("auto", "fp8")
 FORMATS = ("native", "modelopt", "trtllm")
 DEFAULT_CALIBRATION_SIZE = 256
 

@@ -141,3 +141,22 @@ def test_a_report_keeps_one_run_per_machine_class(tmp_path):
     assert "# Kernel microbenchmarks: Intel Xeon (avx2 avx512f amx_int8)" in md
     assert "| cpu | 11.000 |" in md and "| cpu | 33.000 |" in md and "22.000" not in md
     assert md.count("a note") == 2  # the old run's case note is kept
+
+
+def test_int8_section_names_the_fastest_option_and_the_dispatched_kernel(monkeypatch):
+    op = "int8 W8A8 GEMM options"
+    rows = [
+        dict(row(op, "1b qkv", "torch.mm (bfloat16)", 10.0), baseline="torch.mm (bfloat16)"),
+        dict(row(op, "1b qkv", "int8_gemm cpu [amx]", 5.0), baseline="torch.mm (bfloat16)"),
+        dict(row(op, "1b qkv", "int8_gemm cpu [avx2]", 40.0), baseline="torch.mm (bfloat16)"),
+        dict(row(op, "1b qkv", "torch quantized.linear_dynamic [onednn]", 8.0),
+             baseline="torch.mm (bfloat16)"),
+        dict(row("rms_norm", "70b", "cpu", 1.0), baseline="reference"),  # other ops: ignored
+    ]  # fmt: skip
+    monkeypatch.setattr(bench.kernels, "int8_gemm_isa", lambda: "amx")
+    lines = bench.int8_section(rows)
+    assert "`amx`" in lines[1]
+    assert lines[-1] == (
+        "| 1b qkv | int8_gemm cpu [amx] | 2.00x | 2.00x | 1.25x (onednn) |"
+    )
+    assert bench.int8_section([r for r in rows if r["op"] != op]) == []
