@@ -185,7 +185,8 @@ def trtllm_config(cfg: ModelConfig, tp: int, dtype_name: str, quant: Quantizatio
     models/llama/config.py LLaMAConfig (to_dict, from_hugging_face)."""
     scaling = None
     if cfg.rope_scaling is not None:
-        # LLaMAConfig passes HF rope_scaling through; TensorRT-LLM's layers read "type"
+        # LLaMAConfig passes HF rope_scaling through; layers/attention.py reads "type"
+        # (older releases only that key, newer ones fall back to "rope_type"): both kept
         scaling = {**cfg.rope_scaling, "type": cfg.rope_scaling.get("rope_type", "llama3")}
     return {
         "architecture": ARCHITECTURE,
