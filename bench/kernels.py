@@ -191,6 +191,11 @@ def attention_cases(device, dtype, config, wanted, with_reference=True) -> list[
         runs[b] = lambda b=b: kernels.paged_prefill_attention(*args, backend=b)
         runs[b + FP8_KV] = lambda b=b: kernels.paged_prefill_attention(*args8, **scales,
                                                                          backend=b)  # fmt: skip
+        if b == "cpu":  # the C++ kernel and the SDPA route each, whichever auto picks
+            runs["cpu [kernel]"] = partial(_with_env, "REWARD_ENGINE_CPU_ATTENTION", "kernel",
+                                           runs["cpu"])  # fmt: skip
+            runs["cpu [sdpa route]"] = partial(_with_env, "REWARD_ENGINE_CPU_ATTENTION", "sdpa",
+                                               runs["cpu"])  # fmt: skip
     flops = 4.0 * num_seqs * hq * d * seq_len * (seq_len + 1) / 2  # causal: half the scores
     return [Case("paged_prefill_attention",
                  f"{num_seqs} x {seq_len} tokens, {hq}q/{hkv}kv d{d}, block 16", dtype, runs,

@@ -10,8 +10,9 @@
 
 Both ``score`` and ``ascore`` post to /v1/score and return one reward per item (a float,
 or a list of floats for multi-attribute heads). A 503 (the server's queue is full, or it
-is restarting) is retried after the server's Retry-After, up to ``max_retries`` times;
-any other error raises ``RewardServerError`` with the server's message. An item the
+is restarting) is retried after the server's Retry-After, and a connection that fails
+(refused, reset) after a short backoff, up to ``max_retries`` times (scoring is
+idempotent); any other error raises ``RewardServerError`` with the server's message. An item the
 server could not score raises ``RewardItemError`` naming it, unless
 ``return_errors=True``, which puts the server's error object in its place.
 
@@ -24,6 +25,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import httpx
 
 __all__ = ["RewardClient", "RewardItemError", "RewardServerError", "reward_function"]
 
@@ -64,13 +67,15 @@ class RewardClient:
         max_retry_wait: float = 30.0,
         transport=None,
     ):
-        import httpx
-
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client_args = dict(base_url=self.base_url, headers=headers, timeout=timeout)
+        # Idle connections are closed before the server's keep-alive timeout (uvicorn: 5 s)
+        # could close one under a new request.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        self._client_args = dict(base_url=self.base_url, headers=headers, timeout=timeout,
+                                 limits=limits)  # fmt: skip
         if transport is not None:  # an httpx transport (tests, proxies, custom TLS)
             self._client_args["transport"] = transport
         self._sync = httpx.Client(**self._client_args)
@@ -83,7 +88,13 @@ class RewardClient:
         """One reward per conversation / response / token-id sequence (give one form)."""
         body = _score_body(conversations, prompt, responses, token_ids)
         for attempt in range(self.max_retries + 1):
-            response = self._sync.post("/v1/score", json=body)
+            try:
+                response = self._sync.post("/v1/score", json=body)
+            except httpx.TransportError:
+                if attempt >= self.max_retries:
+                    raise
+                time.sleep(self._backoff(attempt))
+                continue
             wait = self._retry_wait(response, attempt)
             if wait is None:
                 return _rewards(response, return_errors)
@@ -96,7 +107,13 @@ class RewardClient:
         body = _score_body(conversations, prompt, responses, token_ids)
         client = self._async_client()
         for attempt in range(self.max_retries + 1):
-            response = await client.post("/v1/score", json=body)
+            try:
+                response = await client.post("/v1/score", json=body)
+            except httpx.TransportError:
+                if attempt >= self.max_retries:
+                    raise
+                await asyncio.sleep(self._backoff(attempt))
+                continue
             wait = self._retry_wait(response, attempt)
             if wait is None:
                 return _rewards(response, return_errors)
@@ -125,12 +142,13 @@ class RewardClient:
     # -- internals -------------------------------------------------------------------
 
     def _async_client(self):
-        import httpx
-
         loop = id(asyncio.get_running_loop())
         if loop not in self._async:
             self._async[loop] = httpx.AsyncClient(**self._client_args)
         return self._async[loop]
+
+    def _backoff(self, attempt: int) -> float:
+        return min(0.1 * 2**attempt, self.max_retry_wait)
 
     def _retry_wait(self, response, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None when the response is final."""

@@ -135,11 +135,12 @@ class LlamaRewardModel:
             out = kernels.paged_prefill_attention(
                 q[meta.last_token_indices], key_cache, value_cache, meta.last_block_tables,
                 meta.last_query_start_loc, meta.last_context_lens, self.scale, **kv_scales,
+                batch_invariant=self.deterministic,
             )  # fmt: skip
         else:
             out = kernels.paged_prefill_attention(
                 q, key_cache, value_cache, meta.block_tables, meta.query_start_loc,
-                meta.context_lens, self.scale, **kv_scales,
+                meta.context_lens, self.scale, **kv_scales, batch_invariant=self.deterministic,
             )  # fmt: skip
         # x (the layer input, in the "hidden" buffer) is dead once qkv exists.
         hidden = None if last_only else self._buffer("hidden", t, cfg.hidden_size)

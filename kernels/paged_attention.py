@@ -17,9 +17,12 @@ once in fp32, and kernels may fold the scales into the softmax scale and the out
 
 from __future__ import annotations
 
-import torch
+import os
 
-from . import custom_ops
+import torch
+import torch.nn.functional as F
+
+from . import _native, custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
 from .fp8 import FP8_DTYPE, kv_cache_scales
@@ -86,7 +89,76 @@ def paged_prefill_attention_native(
     return out
 
 
-paged_prefill_attention_cpu = paged_prefill_attention_cuda = paged_prefill_attention_native
+def paged_prefill_attention_sdpa(
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+):  # fmt: skip
+    """The same attention as torch SDPA per sequence: its keys and values gathered from
+    the cache into contiguous tensors, the causal mask aligned to the end (a query at
+    absolute position p sees keys 0..p). For CPUs where torch's SDPA runs its products
+    on AMX tiles (oneDNN brgemm) and this project's kernel does not: measured 2.1-2.8x
+    faster there (kernels/README.md). Its split over keys follows SDPA's blocking, not
+    absolute positions: never used in batch-invariant mode."""
+    starts, lens = _as_list(query_start_loc), _as_list(context_lens)
+    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for s, ctx in enumerate(lens):
+        q_len = starts[s + 1] - starts[s]
+        if q_len == 0:
+            continue
+        blocks = block_tables[s, : -(-ctx // block_size)].long()
+        k = key_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+        v = value_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+        qi = q[starts[s] : starts[s + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
+        ki, vi = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+        if q_len == ctx:
+            mask, causal = None, q_len > 1
+        else:  # a chunk after cached keys: query i sits at ctx - q_len + i
+            mask = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(ctx - q_len)
+            causal = False
+        o = F.scaled_dot_product_attention(
+            qi, ki, vi, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+        )
+        out[starts[s] : starts[s + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+CPU_ATTENTION = ("auto", "kernel", "sdpa")
+
+
+def cpu_attention_path(q: torch.Tensor, key_cache: torch.Tensor) -> str:
+    """"sdpa" or "kernel": what the cpu backend runs for these tensors. Auto picks SDPA
+    for bf16 with an unquantized cache on CPUs with AMX-BF16 (the kernel ISA amx_bf16),
+    where it is the faster of the two; REWARD_ENGINE_CPU_ATTENTION=kernel|sdpa forces
+    one (sdpa only for unquantized caches)."""
+    forced = os.environ.get("REWARD_ENGINE_CPU_ATTENTION", "auto") or "auto"
+    if forced not in CPU_ATTENTION:
+        raise ValueError(
+            f"REWARD_ENGINE_CPU_ATTENTION={forced!r} is not one of {', '.join(CPU_ATTENTION)}"
+        )
+    if key_cache.dtype == FP8_DTYPE or forced == "kernel":
+        return "kernel"
+    if forced == "sdpa":
+        return "sdpa"
+    module = _native.cpu_module()
+    on_amx = module is not None and module.active_isa() == "amx_bf16"
+    return "sdpa" if on_amx and q.dtype == torch.bfloat16 else "kernel"
+
+
+def paged_prefill_attention_cpu(
+    q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+    k_scale=None, v_scale=None, batch_invariant=False,
+):  # fmt: skip
+    if not batch_invariant and cpu_attention_path(q, key_cache) == "sdpa":
+        return paged_prefill_attention_sdpa(
+            q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale
+        )
+    return paged_prefill_attention_native(
+        q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
+        k_scale, v_scale,
+    )  # fmt: skip
+
+
+paged_prefill_attention_cuda = paged_prefill_attention_native
 
 
 PAGED_PREFILL_ATTENTION = Op(
@@ -116,9 +188,14 @@ def paged_prefill_attention(
     *,
     k_scale: torch.Tensor | float | None = None,
     v_scale: torch.Tensor | float | None = None,
+    batch_invariant: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention of packed new tokens over the paged cache (module docstring).
+
+    batch_invariant=True keeps to kernels whose split over keys is fixed by absolute
+    position, so a query row's result never depends on the step it runs in (the cpu
+    backend then never takes its SDPA route; see cpu_attention_path).
 
     q [T, Hq, D] (any token/head strides, last dim contiguous); key_cache, value_cache
     [num_blocks, block_size, Hkv, D] contiguous, Hq a multiple of Hkv; block_tables int
@@ -162,6 +239,8 @@ def paged_prefill_attention(
         )
     impl = PAGED_PREFILL_ATTENTION.select(q.device, backend)
     scales = {} if k_scale is None else {"k_scale": k_scale, "v_scale": v_scale}
+    if batch_invariant and impl is paged_prefill_attention_cpu:
+        scales["batch_invariant"] = True
     return impl(
         q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale, **scales
     )

@@ -35,9 +35,9 @@ from .worker import WorkerSpec, rank_device, worker_main
 
 logger = logging.getLogger(__name__)
 
-# After a failed collective, how long to wait for the dead worker's exit to be seen (a
-# peer's socket can close before its process is reported gone).
-EXIT_GRACE_S = 5.0
+# After a failed collective, how long to wait for a dead worker's exit to be seen: its
+# socket and its sentinel close together, but its exit status can come later (joined).
+EXIT_GRACE_S = 1.0
 STEP_FAILED = "a step failed on rank 0"
 STOP_GRACE_S = 5.0
 
@@ -85,25 +85,28 @@ class TensorParallelExecutor:
         elif device.type != "cpu":
             raise ValueError(f"tensor parallelism runs on cpu or cuda devices, not {device}")
         threads = num_threads or max(1, torch.get_num_threads() // tp)
-        if device.type == "cpu":  # rank 0 shares the host's cores with the workers
-            previous_threads = torch.get_num_threads()
-            torch.set_num_threads(threads)
-        else:
-            previous_threads = None
         timeout_s = group.step_timeout_s()
         store = group.host_store(tp, timeout_s)
         spec = WorkerSpec(str(model_dir), dtype, reward_token_ids, verify, tp, str(device),
                           threads, store.port, timeout_s)  # fmt: skip
         ctx = mp.get_context("spawn")
         processes, conns = [], []
-        for rank in range(1, tp):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(rank, spec, theirs), daemon=True,
-                               name=f"reward-engine-tp{rank}")  # fmt: skip
-            proc.start()
-            theirs.close()
-            processes.append(proc)
-            conns.append(ours)
+        try:
+            for rank in range(1, tp):
+                ours, theirs = ctx.Pipe()
+                proc = ctx.Process(target=worker_main, args=(rank, spec, theirs), daemon=True,
+                                   name=f"reward-engine-tp{rank}")  # fmt: skip
+                proc.start()
+                theirs.close()
+                processes.append(proc)
+                conns.append(ours)
+        except BaseException:
+            _shutdown(_Watcher(processes, conns, None))
+            raise
+        previous_threads = None
+        if device.type == "cpu":  # rank 0 shares the host's cores with the workers
+            previous_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
         logger.info("tensor parallel: %d ranks (%s, %d threads each), workers %s", tp,
                     group.backend_for(device), threads,
                     ", ".join(str(p.pid) for p in processes))  # fmt: skip
@@ -167,8 +170,11 @@ class TensorParallelExecutor:
         try:
             self.group.broadcast(payload, src=0)
             return model.rewards(input_ids, meta, kv_cache)
-        except Exception as exc:  # noqa: BLE001 - every rank's state is unknown now
-            raise self._fail(f"{STEP_FAILED} ({type(exc).__name__}: {exc})") from exc
+        except BaseException as exc:  # every rank's state is unknown now
+            error = self._fail(f"{STEP_FAILED} ({type(exc).__name__}: {exc})")
+            if isinstance(exc, Exception):
+                raise error from exc
+            raise  # an interrupt stays one; the engine is dead all the same
 
     def check_alive(self) -> None:
         if self._dead is not None:

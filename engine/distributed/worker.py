@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ def rank_device(spec: WorkerSpec, rank: int) -> torch.device:
 
 def worker_main(rank: int, spec: WorkerSpec, conn) -> None:
     """Entry point of rank ``rank`` (torch.multiprocessing spawn target)."""
+    # Ctrl-C reaches the whole process group: rank 0 decides, and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.ERROR, format=f"rank {rank} %(levelname)s %(name)s: "
                         "%(message)s")  # fmt: skip
     try:

@@ -31,6 +31,7 @@ from .config import ServerConfig
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import ServerMiddleware
+from .playground import mount_playground
 from .routes import ROUTERS
 from .scoring import ClientDisconnected, Scorer
 
@@ -72,6 +73,7 @@ def create_app(config: ServerConfig, engine: AsyncRewardEngine | None = None) ->
     state.documented_paths = None  # filled from the OpenAPI schema on first use
     for router in ROUTERS:
         app.include_router(router)
+    mount_playground(app)  # the browser page at / and /playground
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)
@@ -95,7 +97,8 @@ async def _lifespan(app: FastAPI):
     state = app.state
     config: ServerConfig = state.config
     engine = state.engine
-    if engine is None:
+    loaded_here = engine is None
+    if loaded_here:
         engine = await asyncio.to_thread(load_engine, config)
         state.engine = engine
     _observe_steps(engine, state.metrics)
@@ -112,6 +115,8 @@ async def _lifespan(app: FastAPI):
         await _wait_idle(state, config.request_timeout or 30.0)
         watcher.cancel()
         await engine.stop()
+        if loaded_here:
+            engine.engine.close()  # a tensor-parallel engine's workers stop with the server
         logger.info("engine stopped")
 
 

@@ -75,6 +75,7 @@ class Scorer:
         chat = self.chat
         if chat is None:
             return None
+        # the checkpoint's bos_token (tokenizer_config.json), as the formatter reads it
         token = chat._special_tokens.get("bos_token", "<|begin_of_text|>")
         return chat.tokenizer.token_to_id(token)
 

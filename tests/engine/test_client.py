@@ -125,3 +125,21 @@ def test_multi_attribute_rewards_need_an_attribute():
         reward_function("http://rm", client=client)(prompts=["p"], completions=["c"])
     pick = reward_function("http://rm", client=client, attribute=1)
     assert pick(prompts=["p"], completions=["c"]) == [2.0]
+
+
+def test_connection_errors_are_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) < 3:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json={"rewards": [0.25], "usage": {}})
+
+    client = RewardClient("http://rm", transport=httpx.MockTransport(handler))
+    assert client.score(token_ids=[[1]]) == [0.25]
+    assert len(calls) == 3
+    failing = RewardClient("http://rm", max_retries=1, transport=httpx.MockTransport(
+        lambda r: (_ for _ in ()).throw(httpx.ConnectError("down"))))  # fmt: skip
+    with pytest.raises(httpx.ConnectError):
+        failing.score(token_ids=[[1]])

@@ -1,7 +1,8 @@
 """paged_prefill_attention and rope_and_cache: the cpu backend (every ISA path) against
 the reference over block sizes 1/5/16, GQA ratios 1/4/8, block-boundary and chunked
 (cached prefix + new tokens) sequences, empty and single-token chunks; the reference
-against torch's SDPA."""
+against torch's SDPA. The cpu backend's SDPA route (auto on AMX-BF16 CPUs) against the
+reference on the same batches, and never in batch-invariant mode."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from kernel_testing import DTYPES, assert_close
 
 import kernels
+from kernels import paged_attention
 from kernels.paged_attention import paged_prefill_attention_reference
 from kernels.rope import rope_and_cache_reference
 
@@ -23,6 +25,12 @@ BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (0, 150)]
 # (q heads, kv heads, block size, head_dim): GQA ratios 1/4/8, block sizes 1/5/16,
 # head_dims (18, 17) that are not a multiple of any vector width, one of them odd
 LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64), (6, 2, 4, 17)]
+
+
+@pytest.fixture(autouse=True)
+def attention_kernel(monkeypatch):
+    """These tests are about the C++ kernel: the SDPA route has its own below."""
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "kernel")
 
 
 def make_batch(seqs, num_q, num_kv, head_dim, block_size, dtype, seed=0):
@@ -172,3 +180,49 @@ def test_rope_and_cache_rejects_slots_outside_the_cache(cpu_module):
         kernels.rope_and_cache(q, k, v, torch.tensor([1, 2]), cache, kc, vc,
                                torch.tensor([0, 8]), backend="cpu")  # fmt: skip
     assert torch.equal(q, q0) and not kc.any()
+
+
+# ----------------------------------------------------------------------------- SDPA route
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: "{}q{}kv-block{}-d{}".format(*x))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sdpa_route_matches_reference(cpu_module, monkeypatch, dtype, layout):
+    """Cached prefixes (the end-aligned mask), single-token and empty chunks, GQA."""
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "sdpa")
+    num_q, num_kv, block_size, head_dim = layout
+    args = make_batch(BATCH, num_q, num_kv, head_dim, block_size, dtype)
+    scale = head_dim**-0.5
+    out = kernels.paged_prefill_attention(*args, scale, backend="cpu")
+    assert_close(out, paged_prefill_attention_reference(*args, scale), "attention[sdpa]")
+
+
+def test_auto_takes_sdpa_only_for_bf16_on_amx_and_never_for_fp8_caches(cpu_module, monkeypatch):
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "auto")
+    q = torch.zeros(1, 2, 8, dtype=torch.bfloat16)
+    cache = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16)
+    on_amx = cpu_module.active_isa() == "amx_bf16"
+    assert paged_attention.cpu_attention_path(q, cache) == ("sdpa" if on_amx else "kernel")
+    assert paged_attention.cpu_attention_path(q.float(), cache.float()) == "kernel"
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "sdpa")
+    assert paged_attention.cpu_attention_path(q.float(), cache.float()) == "sdpa"
+    fp8 = cache.to(torch.float8_e4m3fn)
+    assert paged_attention.cpu_attention_path(q, fp8) == "kernel"
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "fast")
+    with pytest.raises(ValueError, match="kernel, sdpa"):
+        paged_attention.cpu_attention_path(q, cache)
+
+
+def test_batch_invariant_calls_never_take_the_sdpa_route(cpu_module, monkeypatch):
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "sdpa")
+    args = make_batch(BATCH[:3], 4, 2, 16, 4, torch.float32)
+    routed = kernels.paged_prefill_attention(*args, 0.25, backend="cpu")
+
+    def refuse(*a, **k):
+        raise AssertionError("SDPA route taken in batch-invariant mode")
+
+    monkeypatch.setattr(paged_attention, "paged_prefill_attention_sdpa", refuse)
+    fixed = kernels.paged_prefill_attention(*args, 0.25, batch_invariant=True, backend="cpu")
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "kernel")
+    assert torch.equal(fixed, kernels.paged_prefill_attention(*args, 0.25, backend="cpu"))
+    assert_close(routed, fixed, "sdpa route vs kernel")

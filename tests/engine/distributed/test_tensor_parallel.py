@@ -288,3 +288,81 @@ def test_the_single_process_path_imports_nothing_distributed(tiny_checkpoint):
                          cwd=Path(__file__).resolve().parents[3], timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture(scope="module")
+def bias_checkpoint(make_tiny_checkpoint, tmp_path_factory):
+    """GQA 4:1 with q/k/v/o and MLP biases, made nonzero (HF initializes them to 0), so a
+    row-parallel bias added by both ranks, or by none, would show."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = Path(make_tiny_checkpoint(**GQA_4TO1, attention_bias=True, mlp_bias=True))
+    path = tmp_path_factory.mktemp("bias") / "ckpt"
+    shutil.copytree(source, path)
+    tensors = load_file(path / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    for name, t in tensors.items():
+        if name.endswith(".bias"):
+            tensors[name] = (torch.randn(t.shape, generator=g) * 0.5).to(t.dtype)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def bias_tp1_rewards(bias_checkpoint):
+    return rewards(bias_checkpoint, 1)
+
+
+def test_biases_are_added_once_with_tp2_sharding_at_load(bias_checkpoint, bias_tp1_rewards):
+    assert_close_to_scale(rewards(bias_checkpoint, 2), bias_tp1_rewards, TP_FP32_RTOL)
+
+
+def test_biases_are_added_once_from_an_engine_built_with_tp2(
+    bias_checkpoint, bias_tp1_rewards, tmp_path
+):
+    engine_dir = build_engine(bias_checkpoint, tmp_path / "engine",
+                              BuildSettings(dtype="float32", tensor_parallel_size=2),
+                              progress=False).path  # fmt: skip
+    assert_close_to_scale(rewards(engine_dir, 2), bias_tp1_rewards, TP_FP32_RTOL)
+
+
+def test_a_worker_that_fails_to_start_reports_its_error(quantized_engines, tmp_path):
+    import shutil
+
+    _, built = quantized_engines["fp8-static"]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(built, damaged)
+    rank1 = damaged / "weights.rank1.safetensors"
+    data = bytearray(rank1.read_bytes())
+    data[-1] ^= 0xFF  # only rank 1 reads (and checks) this file
+    rank1.write_bytes(bytes(data))
+    before = children()
+    with pytest.raises(EngineDeadError, match=r"rank 1 \(pid \d+\) failed: .*weights.rank1"
+                                              r".*sha256.*the engine cannot start"):
+        RewardEngine.from_pretrained(damaged, "float32", tensor_parallel_size=2, **ENGINE)
+    assert children() == before
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_a_step_that_fails_on_rank_0_kills_the_engine(gqa_checkpoint, raised):
+    engine = RewardEngine.from_pretrained(gqa_checkpoint, "float32", tensor_parallel_size=2,
+                                          **ENGINE)  # fmt: skip
+
+    def fail(*args, **kwargs):  # after the broadcast: the worker is inside the step
+        raise raised
+
+    engine.model.rewards = fail
+    (pid,) = engine.parallel.worker_pids
+    result = score_in_thread(engine, SEQS[:2])
+    if isinstance(raised, KeyboardInterrupt):
+        assert isinstance(result.get("error"), KeyboardInterrupt)  # still an interrupt
+    else:
+        assert isinstance(result.get("error"), EngineDeadError)
+        assert "a step failed on rank 0 (RuntimeError: boom)" in str(result["error"])
+    # Either way the ranks are out of step: the engine is dead and its worker stopped.
+    again = score_in_thread(engine, SEQS[:1], timeout_s=5.0)
+    assert isinstance(again.get("error"), EngineDeadError)
+    assert pid not in children()
+    engine.close()

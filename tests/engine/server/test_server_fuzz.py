@@ -36,7 +36,7 @@ def test_the_served_schema_is_the_one_fuzzed(server):
 
 
 @schema.parametrize()
-@settings(max_examples=12, derandomize=True, deadline=None, database=None,
+@settings(max_examples=25, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))  # fmt: skip
 def test_every_operation_answers_within_its_schema(case, server):
     case.call_and_validate(base_url=server.url, headers=server.headers, checks=CHECKS)
