@@ -1,4 +1,5 @@
-"""Scaling past one process: tensor parallelism (section "tp") against one rank.
+"""Scaling past one process: tensor parallelism (section "tp") against one rank, and
+Ray Data replicas against the local command (section "ray").
 
 Section tp: the small bench checkpoint (bench/e2e.py MODELS["small"]) scored by
 RewardEngine with tensor_parallel_size=1 and 2 on this host's CPU (gloo between the two
@@ -10,12 +11,22 @@ Also reported: TP=1 on one thread (what each TP=2 rank has), the share of rank 0
 time spent in the all-reduces (gloo returns when the sum is done, so this includes
 waiting for the slower rank), and the largest reward difference TP=2 vs TP=1.
 
+Section ray: a JSONL file of --lines lines (prompt + 2 responses, about 150-600 tokens
+each) for the small checkpoint with the Llama-3 tokenizer, scored by the local
+`reward-engine score` (baseline, all the host's threads) and by `reward-engine score
+--ray --replicas N` for N = 1, 2 (a local Ray started by the command, each replica with
+cores / N CPUs and as many threads), each a fresh process timed start to exit (Ray's
+start and the replicas' model loads included), every Ray output checked equal to the
+local one. On a 2-core host two replicas share the cores the local command already
+uses: the figure is Ray's overhead, not a speed-up.
+
 Results go to bench/results/scale_<class>.md/.json (class as in e2e.py); each section
 is kept when another one is rerun (--only). GPU tensor-parallel figures come only from
 a GPU run.
 
     python bench/scale.py --only tp
     python bench/scale.py --only tp --sequences 32 --repeat 2
+    python bench/scale.py --only ray --lines 128
 """
 
 from __future__ import annotations
@@ -23,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,11 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # e2e.py; last, so bench/kernels.py never shadows kernels
 
-from e2e import WARMUP, checkpoint, machine_info, machine_slug, workload  # noqa: E402
+from e2e import MODELS, WARMUP, checkpoint, machine_info, machine_slug, workload  # noqa: E402
 
 from engine import RewardEngine  # noqa: E402
+from engine.demo import make_checkpoint  # noqa: E402
 
-SECTIONS = ("tp",)
+SECTIONS = ("tp", "ray")
 
 
 # ----------------------------------------------------------------------------- tp
@@ -129,10 +143,119 @@ def render_tp(section: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- ray
+
+CLI = [sys.executable, "-m", "engine.cli", "--log-level", "warning", "score"]
+WORDS = ("the reward model reads every token of the conversation and the answer it scores "
+         "with a prompt that asks for a careful explanation of a hard problem").split()  # fmt: skip
+
+
+def tokenizer_checkpoint(cache: Path) -> Path:
+    path = cache / "bench-small-tokenizer"
+    if not (path / "config.json").is_file():
+        make_checkpoint(path, seed=0, with_tokenizer=True, **MODELS["small"])
+    return path
+
+
+def input_file(path: Path, lines: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+
+    def text(n):
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write(json.dumps({"id": i, "prompt": text(rng.randint(60, 300)),
+                                "responses": [text(rng.randint(20, 200)) for _ in range(2)]}) + "\n")  # fmt: skip
+    return path
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def records(path: Path) -> list[dict]:
+    if path.is_dir():
+        from engine.ray.data import read_output
+
+        return read_output(path)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_records(a: list[dict], b: list[dict], atol: float = 1e-5) -> bool:
+    if [(r.get("id"), r["line"], "error" in r) for r in a] != [
+        (r.get("id"), r["line"], "error" in r) for r in b
+    ]:
+        return False
+    return all(abs(x - y) <= atol for ra, rb in zip(a, b, strict=True)
+               for x, y in zip(ra.get("rewards", []), rb.get("rewards", []), strict=True))  # fmt: skip
+
+
+def ray_section(lines: int, work: Path, model: Path, cores: int | None = None) -> dict:
+    cores = cores or os.cpu_count() or 1
+    src = input_file(work / "in.jsonl", lines)
+    common = ["--model", str(model), "--input", str(src), "--dtype", "float32", "--no-progress"]
+    local_out = work / "local.jsonl"
+    runs = [{"run": "local CLI", "replicas": 0,
+             "seconds": timed([*CLI, *common, "--output", str(local_out)])}]  # fmt: skip
+    want = records(local_out)
+    for n in (1, 2):
+        out = work / f"ray{n}"
+        # half a CPU stays free for Ray Data's read and write tasks (a replica holding
+        # every CPU would starve them: the run would hang); threads use all the cores
+        cpus = (cores - 0.5) / n
+        cmd = [*CLI, *common, "--output", str(out), "--ray", "--replicas", str(n),
+               "--cpus-per-replica", f"{cpus:g}", "--threads", str(max(1, cores // n))]  # fmt: skip
+        seconds = timed(cmd)
+        runs.append({"run": f"Ray Data x{n}", "replicas": n, "cpus_per_replica": cpus,
+                     "seconds": seconds, "same_output": same_records(records(out), want)})  # fmt: skip
+    base = runs[0]["seconds"]
+    for r in runs:
+        r["lines_s"] = lines / r["seconds"]
+        r["x_local"] = base / r["seconds"]
+    return {"lines": lines, "conversations": 2 * lines, "cores": cores, "runs": runs}
+
+
+def ray_rows(section: dict) -> list[str]:
+    out = ["| run | replicas | CPUs per replica | wall s | lines/s | x local | same output |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in section["runs"]:
+        same = "-" if r["replicas"] == 0 else ("yes" if r["same_output"] else "NO")
+        cpus = f"{r['cpus_per_replica']:g}" if r["replicas"] else "-"
+        out.append(f"| {r['run']} | {r['replicas'] or '-'} | {cpus} | {r['seconds']:.1f} "
+                   f"| {r['lines_s']:.2f} | {r['x_local']:.2f} | {same} |")  # fmt: skip
+    return out
+
+
+def run_ray(args) -> dict:
+    start = uptime()
+    with tempfile.TemporaryDirectory() as tmp:
+        section = ray_section(args.lines, Path(tmp), tokenizer_checkpoint(args.cache_dir))
+    section.update(uptime_start=start, uptime_end=uptime())
+    return section
+
+
+def render_ray(section: dict) -> str:
+    lines = ["## Ray Data against the local CLI (section ray)", "",
+             f"Measured {section['measured']}; `uptime` before: {section['uptime_start']}; "
+             f"after: {section['uptime_end']}. Small checkpoint (bench/e2e.py) with the "
+             f"Llama-3 tokenizer, float32; {section['lines']} lines ({section['conversations']} "
+             f"conversations) on {section['cores']} cores; each run a fresh `reward-engine "
+             "score` process timed start to exit (Ray's start and the replicas' model loads "
+             "included). Same output: the Ray records equal the local ones (rewards within "
+             "1e-5).", ""]
+    return "\n".join(lines + ray_rows(section)) + "\n"
+
+
 # ----------------------------------------------------------------------------- driver
 
-RUNNERS = {"tp": run_tp}
-RENDERERS = {"tp": render_tp}
+RUNNERS = {"tp": run_tp, "ray": run_ray}
+RENDERERS = {"tp": render_tp, "ray": render_ray}
 
 
 def uptime() -> str:
@@ -166,6 +289,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", type=int, default=32, help="sequences of each workload")
     ap.add_argument("--budget", type=int, default=4096, help="engine tokens per step")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs; best kept")
+    ap.add_argument("--lines", type=int, default=128, help="section ray: input lines")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "checkpoints")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)

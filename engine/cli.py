@@ -64,6 +64,8 @@ examples:
       --tensor-parallel-size 2
   echo '{"id": 1, "prompt": "2+2?", "responses": ["4", "5"]}' | \\
       reward-engine score --model ./my-reward-model --input - --output - --no-progress
+  reward-engine score --ray --replicas 8 --gpus-per-replica 1 --model /shared/my-rm \\
+      --input /shared/big.parquet --output /shared/rewards/
 """
 
 
@@ -187,7 +189,41 @@ def _add_score_command(commands) -> None:
     )
     add_tensor_parallel_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ray = p.add_argument_group(
+        "scale-out on Ray (pip install 'reward-engine[ray]')",
+        "--ray scores a JSONL or Parquet --input on a Ray cluster with --replicas engines "
+        "(Ray Data); --output is then a directory of part files (concatenated in name order "
+        "they are this command's output lines, in input order; Parquet parts have the "
+        "columns line, id, error and output). A rerun replaces the directory's parts. The "
+        "model, input and output must be at the same paths on every node.",
+    )
+    ray.add_argument("--ray", action="store_true", help="score on Ray (see above)")
+    ray.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
+                     help="engine replicas, one Ray actor each (default: %(default)s)")  # fmt: skip
+    ray.add_argument("--cpus-per-replica", type=_positive_float, default=1.0, metavar="C",
+                     help="CPUs Ray reserves per replica; fractions allowed (default: "
+                     "%(default)s; also its torch threads unless --threads)")  # fmt: skip
+    ray.add_argument("--gpus-per-replica", type=_positive_float, metavar="G",
+                     help="GPUs per replica (default: none; a tensor-parallel replica needs "
+                     "one per rank)")  # fmt: skip
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="cluster to join (default: $RAY_ADDRESS, else a local Ray started "
+                     "for this run)")  # fmt: skip
+    ray.add_argument("--output-format", choices=("jsonl", "parquet"),
+                     help="part file format (default: the input's)")  # fmt: skip
+    ray.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                     help="input lines per engine call in a replica (default: %(default)s)")  # fmt: skip
     p.set_defaults(run=_run_score)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_tensor_parallel_argument(p: argparse.ArgumentParser) -> None:
@@ -271,6 +307,17 @@ def _run_env(args: argparse.Namespace) -> int:
 
 def _run_score(args: argparse.Namespace) -> int:
     _check_model_dir(args.model)
+    if args.ray:
+        try:
+            from .ray.cli import run_ray_score
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+        return run_ray_score(args)
+    for flag in ("replicas", "cpus_per_replica", "gpus_per_replica", "ray_address",
+                 "output_format"):  # fmt: skip
+        default = {"replicas": 1, "cpus_per_replica": 1.0}.get(flag)
+        if getattr(args, flag) != default:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --ray")
     if args.input != "-" and args.output != "-" and _same_file(args.input, args.output):
         raise UsageError("--output is the --input file: it would be overwritten")
     source, size = _open_input(args.input)

@@ -8,6 +8,8 @@ weights ready to run, and what the directory says about itself:
   sha256 unless ``verify=False``;
 - a pre-quantized FP8 HF checkpoint (ModelOpt, compressed-tensors, "fp8";
   engine/prequantized.py): its E4M3 codes and scales as stored;
+- a TensorRT-LLM checkpoint (engine/trtllm_checkpoint.py; `reward-engine build
+  --format trtllm`): its ranks merged, FP8 codes and scales as stored;
 - an HF checkpoint (engine/checkpoint.py): fused while it streams in.
 
 With ``tensor_parallel_size`` N > 1 it returns rank ``rank``'s shard
@@ -42,6 +44,7 @@ from .engine_dir import (
 )
 from .prequantized import detect, load_prequantized
 from .sharding import check_tensor_parallel, shard_layer, shard_weights
+from .trtllm_checkpoint import is_trtllm_checkpoint, load_trtllm
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     cfg: ModelConfig
     weights: ModelWeights
-    kind: str  # "engine" | "hf" | "modelopt" | "compressed-tensors" | "fp8"
+    kind: str  # "engine" | "hf" | "modelopt" | "compressed-tensors" | "fp8" | "trtllm"
     max_model_len: int | None = None  # the engine's own limit, when it has one
     kv_cache_dtype: str = "auto"  # what the weights were calibrated for
     manifest: dict = field(default_factory=dict)
@@ -65,6 +68,8 @@ def load_model(
     tensor_parallel_size: int = 1,
 ) -> LoadedModel:
     path = Path(path)
+    if is_trtllm_checkpoint(path):
+        return _load_trtllm(path, dtype, reward_token_ids, rank, tensor_parallel_size)
     cfg = ModelConfig.from_pretrained(path)
     tp = tensor_parallel_size
     check_tensor_parallel(cfg, tp)
@@ -117,3 +122,18 @@ def _files_to_verify(manifest: dict, rank: int, built_tp: int) -> set[str] | Non
         return {own}
     others = {weights_file(r, built_tp) for r in range(1, built_tp)}
     return set(manifest["files"]) - others
+
+
+def _load_trtllm(path: Path, dtype: torch.dtype, reward_token_ids, rank: int,
+                 tp: int) -> LoadedModel:  # fmt: skip
+    """Every rank of the checkpoint merged, then (tensor_parallel_size > 1) this rank's
+    shard of the engine's own tensor parallelism."""
+    ckpt, weights = load_trtllm(path, dtype)
+    check_tensor_parallel(ckpt.cfg, tp)
+    weights = shard_weights(weights, ckpt.cfg, rank, tp)
+    if reward_token_ids is not None:
+        logger.warning("reward_token_ids ignored: %s holds its reward rows (reward_head.json)", path)
+    logger.info("%s: TensorRT-LLM checkpoint, tp_size %d, quantization %s", path, ckpt.tp,
+                ckpt.raw.get("quantization"))  # fmt: skip
+    kv = "fp8" if ckpt.quant.kv_fp8 else "auto"
+    return LoadedModel(ckpt.cfg, weights, "trtllm", ckpt.cfg.max_position_embeddings, kv)

@@ -6,8 +6,8 @@
 `reward-engine build --help` describes every setting. The builder depends on the
 engine's core (checkpoint reading, the model's layer code, the engine-directory
 format); the core never imports it. One module per output format: native.py
-(engine directories), modelopt.py (ModelOpt FP8 HF checkpoints); pipeline.py is
-what they share.
+(engine directories), modelopt.py (ModelOpt FP8 HF checkpoints), trtllm.py
+(TensorRT-LLM checkpoints); pipeline.py is what they share.
 """
 
 from .native import build_engine

@@ -40,6 +40,8 @@ examples:
   reward-engine build ./my-rm -o ./my-rm-int8 --quantization int8 --dtype bfloat16
   reward-engine build ./my-rm -o ./my-rm-modelopt --quantization fp8 --format modelopt
   reward-engine build ./Llama-3.1-70B-RM -o ./rm70b-tp2 --tp 2   # 2 GPUs: one file per rank
+  reward-engine build ./my-rm -o ./my-rm-trtllm --format trtllm --quantization fp8 --tp 2 \
+      --trtllm-build
   reward-engine score --model ./my-rm-fp8 --input in.jsonl --output out.jsonl
 
 exit status: 0 built, 2 the checkpoint, a setting or the output cannot be used
@@ -77,12 +79,17 @@ def add_build_command(commands, add_dtype_argument, positive_int) -> None:
                    "max_position_embeddings)")  # fmt: skip
     p.add_argument("--format", choices=FORMATS, default="native",
                    help="native: an engine directory; modelopt: an HF checkpoint in NVIDIA "
-                   "ModelOpt's FP8 format for vLLM, SGLang and TensorRT-LLM (default: "
-                   "%(default)s)")  # fmt: skip
+                   "ModelOpt's FP8 format for vLLM, SGLang and TensorRT-LLM's PyTorch backend; "
+                   "trtllm: a TensorRT-LLM checkpoint (config.json + rank{r}.safetensors) for "
+                   "trtllm-build (default: %(default)s)")  # fmt: skip
     p.add_argument("--tp", type=positive_int, default=1, metavar="N",
-                   help="tensor parallelism: write one weights file per rank for N ranks "
-                   "(load with --tensor-parallel-size N; the heads, KV heads or intermediate "
-                   "size must split over N) (default: %(default)s)")  # fmt: skip
+                   help="tensor parallelism over N ranks: one weights file per rank (native: "
+                   "load with --tensor-parallel-size N; trtllm: rank{r}.safetensors); the "
+                   "heads, KV heads or intermediate size must split over N (default: "
+                   "%(default)s)")  # fmt: skip
+    p.add_argument("--trtllm-build", action="store_true",
+                   help="--format trtllm: then run trtllm-build on it (into ENGINE_DIR/engine) "
+                   "when it is on PATH; otherwise print the command to run")  # fmt: skip
     p.add_argument("--reward-token-ids", type=int, nargs="+", metavar="ID",
                    help="LlamaForCausalLM checkpoints: the token ids whose logits are the "
                    "reward (default: 0)")  # fmt: skip
@@ -114,8 +121,15 @@ def run_build(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.trtllm_build and settings.format != "trtllm":
+        raise UsageError("--trtllm-build applies to --format trtllm")
     try:
-        if settings.format == "modelopt":
+        if settings.format == "trtllm":
+            from .trtllm import export_trtllm
+
+            result = export_trtllm(args.checkpoint, args.output, settings, force=args.force,
+                                   progress=not args.no_progress)  # fmt: skip
+        elif settings.format == "modelopt":
             from .modelopt import export_modelopt
 
             result = export_modelopt(args.checkpoint, args.output, settings, force=args.force,
@@ -134,4 +148,26 @@ def run_build(args: argparse.Namespace) -> int:
                   "looks like your data (--calibration), or try the other --activation-scales",
                   file=sys.stderr)  # fmt: skip
     print(f"built {result.path} in {result.seconds:.1f} s", file=sys.stderr)
+    if settings.format == "trtllm":
+        return _trtllm_build(result.path, settings, args.trtllm_build)
+    return 0
+
+
+def _trtllm_build(path, settings, run: bool) -> int:
+    import json
+
+    from .trtllm import run_trtllm_build, trtllm_build_command
+
+    config = json.loads((path / "config.json").read_text())
+    command = trtllm_build_command(path, path / "engine", fp8=settings.quantization == "fp8",
+                                   max_seq_len=config["max_position_embeddings"])  # fmt: skip
+    if not run:
+        import shlex
+
+        print(f"to build a TensorRT-LLM engine of it:\n  {shlex.join(command)}", file=sys.stderr)
+        return 0
+    status = run_trtllm_build(command)
+    if status:
+        print(f"trtllm-build failed (exit status {status})", file=sys.stderr)
+        return 1
     return 0

@@ -93,6 +93,16 @@ class Sink:
 
     projection_scales = False
 
+    def scale_rows(self, cfg: ModelConfig) -> dict[str, list[int]]:
+        """Per fused layer, the row counts that share one weight scale (a layer not
+        named: one scale per output channel)."""
+        return projection_rows(cfg) if self.projection_scales else {}
+
+    def stored(self, layer: LayerWeights) -> LayerWeights:
+        """The quantized layer as the format can store it; the calibration runs the
+        built model with this, so the accuracy report is the format's."""
+        return layer
+
     def open(self, plan: BuildPlan, writer: DirectoryWriter) -> None: ...
     def embedding(self, embed: torch.Tensor) -> None: ...
     def layer(self, i: int, layer: LayerWeights) -> None: ...
@@ -255,7 +265,7 @@ def _quantize_layer(plan: BuildPlan, sink: Sink, dense: LayerWeights, observed, 
     fmt = plan.fmt
     layer = dense
     if fmt.quantization != "none":
-        split = projection_rows(plan.cfg) if sink.projection_scales else {}
+        split = sink.scale_rows(plan.cfg)
 
         def amax(name):
             if not fmt.static_input_scales:
@@ -273,7 +283,7 @@ def _quantize_layer(plan: BuildPlan, sink: Sink, dense: LayerWeights, observed, 
             k_scale=static_input_scale(observed.key, "fp8"),
             v_scale=static_input_scale(observed.value, "fp8"),
         )
-    return layer
+    return sink.stored(layer)
 
 
 def projection_rows(cfg: ModelConfig) -> dict[str, list[int]]:

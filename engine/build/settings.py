@@ -8,7 +8,7 @@ from ..config import KV_CACHE_DTYPES  # one list for the runtime and the builder
 
 QUANTIZATIONS = ("none", "fp8", "int8")
 ACTIVATION_SCALES = ("auto", "static", "dynamic")
-FORMATS = ("native", "modelopt")
+FORMATS = ("native", "modelopt", "trtllm")
 DEFAULT_CALIBRATION_SIZE = 256
 
 
@@ -27,9 +27,11 @@ class BuildSettings:
     format: "native" (an engine directory) or "modelopt" (an HF checkpoint in NVIDIA
     ModelOpt's FP8 format, for vLLM, SGLang and TensorRT-LLM's PyTorch backend: quant_algo
     FP8 with per-tensor weight and input scales for static activation scales,
-    FP8_PER_CHANNEL_PER_TOKEN for dynamic ones).
+    FP8_PER_CHANNEL_PER_TOKEN for dynamic ones) or "trtllm" (a TensorRT-LLM checkpoint for
+    trtllm-build: unquantized, or quant_algo FP8 with static activation scales).
     tensor_parallel_size: N > 1 writes one weights file per tensor-parallel rank
-    (engine/sharding.py), loaded with tensor_parallel_size=N.
+    (engine/sharding.py): an engine directory loaded with tensor_parallel_size=N, or a
+    trtllm checkpoint's rank{r}.safetensors.
     """
 
     quantization: str = "none"
@@ -59,12 +61,20 @@ class BuildSettings:
             raise ValueError(
                 "--format modelopt writes NVIDIA ModelOpt FP8 checkpoints: use --quantization fp8"
             )
+        if self.format == "trtllm" and (self.quantization == "int8" or (
+            self.quantization == "fp8" and self.resolved_activation_scales != "static"
+        )):  # fmt: skip
+            raise ValueError(
+                "--format trtllm writes unquantized or FP8 checkpoints with static activation "
+                "scales (TensorRT-LLM quant_algo FP8): use --quantization fp8 without "
+                "--activation-scales dynamic, or no --quantization"
+            )
         if type(self.tensor_parallel_size) is not int or self.tensor_parallel_size < 1:
             raise ValueError(
                 f"tensor_parallel_size must be a positive int, got {self.tensor_parallel_size!r}"
             )
         if self.tensor_parallel_size > 1 and self.format == "modelopt":
-            raise ValueError("--tp applies to engine directories (--format native); a ModelOpt "
+            raise ValueError("--tp applies to engine directories and TensorRT-LLM checkpoints; a ModelOpt "
                              "checkpoint is sharded by the engine that loads it")  # fmt: skip
         if self.quantization == "none" and self.activation_scales != "auto":
             raise ValueError("--activation-scales applies to --quantization fp8 or int8")

@@ -45,6 +45,7 @@ examples:
   reward-engine serve ./my-rm-engine --host 0.0.0.0 --port 8000 --api-key "$KEY" \\
       --max-queue 512 --request-timeout 60 --served-model-name my-rm
   curl -s localhost:8000/v1/score -d '{"prompt": "2+2?", "responses": ["4", "5"]}'
+  reward-engine serve /shared/my-rm --ray --replicas 4 --gpus-per-replica 1 --host 0.0.0.0
 """
 
 
@@ -104,6 +105,24 @@ def add_serve_command(commands, add_dtype_argument, positive_int) -> None:
                    help="shard the model over N devices (default: %(default)s)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true",
                    help="engine directories: skip the sha256 check of the files")  # fmt: skip
+    ray = p.add_argument_group(
+        "replicas on Ray Serve (pip install 'reward-engine[ray]')",
+        "--ray runs --replicas copies of this server (each with its own engine) behind Ray "
+        "Serve's HTTP proxy on --host/--port; each replica takes at most "
+        "--max-ongoing-requests requests at once, more wait in the proxy. The model must "
+        "be at the same path on every node.",
+    )
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve (see above)")
+    ray.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+                     help="server replicas (default: %(default)s)")  # fmt: skip
+    ray.add_argument("--max-ongoing-requests", type=positive_int, default=64, metavar="N",
+                     help="requests in flight per replica (default: %(default)s)")  # fmt: skip
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C",
+                     help="CPUs Ray reserves per replica (default: %(default)s)")  # fmt: skip
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
+                     help="GPUs per replica (default: none)")  # fmt: skip
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="cluster to join (default: $RAY_ADDRESS, else a local Ray)")  # fmt: skip
     p.set_defaults(run=run_serve)
 
 
@@ -147,6 +166,14 @@ def run_serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.ray:
+        try:
+            from ..ray.cli import run_ray_serve
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+        return run_ray_serve(args, config)
+    if args.replicas != 1:
+        raise UsageError("--replicas applies to --ray")
     from .app import load_engine
 
     try:
