@@ -32,6 +32,15 @@ def _as_list(values) -> list[int]:
     return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
 
 
+def _gather_sequence(key_cache, value_cache, block_tables, s: int, ctx: int):
+    """Sequence s's first ctx keys and values, [ctx, Hkv, D] each, through its block table."""
+    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
+    blocks = block_tables[s, : -(-ctx // block_size)].long()
+    k = key_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+    v = value_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+    return k, v
+
+
 def paged_prefill_attention_reference(
     q, key_cache, value_cache, block_tables, query_start_loc, context_lens, scale,
     k_scale=None, v_scale=None,
@@ -46,16 +55,13 @@ def paged_prefill_attention_reference(
     4. softmax in fp32, times v in fp32, cast to q's dtype.
     """
     starts, lens = _as_list(query_start_loc), _as_list(context_lens)
-    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
-    group = q.shape[1] // num_kv_heads
+    group = q.shape[1] // key_cache.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     for s, ctx in enumerate(lens):
         q_len = starts[s + 1] - starts[s]
         if q_len == 0:
             continue
-        blocks = block_tables[s, : -(-ctx // block_size)].long()
-        k = key_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
-        v = value_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx]
+        k, v = _gather_sequence(key_cache, value_cache, block_tables, s, ctx)
         qi = q[starts[s] : starts[s + 1]].float().transpose(0, 1)  # [Hq, q_len, D]
         if key_cache.dtype == FP8_DTYPE:
             k, v = k.float() * k_scale, v.float() * v_scale
@@ -99,15 +105,12 @@ def paged_prefill_attention_sdpa(
     faster there (kernels/README.md). Its split over keys follows SDPA's blocking, not
     absolute positions: never used in batch-invariant mode."""
     starts, lens = _as_list(query_start_loc), _as_list(context_lens)
-    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     for s, ctx in enumerate(lens):
         q_len = starts[s + 1] - starts[s]
         if q_len == 0:
             continue
-        blocks = block_tables[s, : -(-ctx // block_size)].long()
-        k = key_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
-        v = value_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+        k, v = _gather_sequence(key_cache, value_cache, block_tables, s, ctx)
         qi = q[starts[s] : starts[s + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
         ki, vi = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
         if q_len == ctx:
