@@ -52,6 +52,8 @@ def collect() -> dict[str, Any]:
             "isa_level_chosen": module.active_isa(),
             "forced_by": os.environ.get("REWARD_ENGINE_CPU_ISA") or None,
             "threading": module.threading_runtime() or "pool",
+            "int8_gemm": module.int8_gemm_isa(),
+            "bf16_attention": _bf16_attention_path(),
         }
     report["torch"] = {
         "version": torch.__version__,
@@ -84,6 +86,18 @@ def collect() -> dict[str, Any]:
         report["kernel_backends"][name] = row
     report["defaults"] = _defaults()
     return report
+
+
+def _bf16_attention_path() -> str:
+    """What the cpu backend runs for bf16 attention over an unquantized cache here."""
+    from kernels.paged_attention import cpu_attention_path
+
+    probe = torch.empty(0, 1, 8, dtype=torch.bfloat16)
+    try:
+        path = cpu_attention_path(probe, probe.view(0, 1, 1, 8))
+    except ValueError as exc:  # a bad REWARD_ENGINE_CPU_ATTENTION
+        return f"error ({exc})"
+    return "torch SDPA" if path == "sdpa" else "C++ kernel"
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -132,6 +146,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"C++ kernels  ISA levels found: {', '.join(ck['isa_levels_found'])}; "
             f"chosen: {ck['isa_level_chosen']}{forced}; threads on {ck['threading']}"
+        )
+        lines.append(
+            f"             INT8 GEMM: {ck['int8_gemm']}; bf16 attention: {ck['bf16_attention']}"
         )
     else:
         lines.append(f"C++ kernels  not built ({ck['error']}): the reference backend runs")

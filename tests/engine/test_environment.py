@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from engine.cli import main
@@ -27,6 +28,21 @@ def test_the_report_names_the_isa_dtype_and_every_ops_backend():
 
         assert ck["isa_level_chosen"] == C.active_isa()
         assert ck["isa_levels_found"] == list(C.supported_isas())
+        assert ck["int8_gemm"] == C.int8_gemm_isa()
+        on_amx = C.active_isa() == "amx_bf16"
+        assert ck["bf16_attention"] == ("torch SDPA" if on_amx else "C++ kernel")
+
+
+def test_the_report_follows_the_attention_and_int8_overrides(monkeypatch):
+    if not collect()["cpu_kernels"]["built"]:
+        pytest.skip("kernels._C is not built")
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "kernel")
+    monkeypatch.setenv("REWARD_ENGINE_INT8_GEMM", "scalar")
+    ck = collect()["cpu_kernels"]
+    assert (ck["bf16_attention"], ck["int8_gemm"]) == ("C++ kernel", "scalar")
+    monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "sdpa")
+    assert collect()["cpu_kernels"]["bf16_attention"] == "torch SDPA"
+    assert "INT8 GEMM: scalar" in format_report(collect())
 
 
 def test_forcing_a_lower_isa_and_a_backend_shows_in_the_report(monkeypatch):
