@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from chat_messages import assistant, system, user
 
 from engine.chat import (
     ChatFormatter,
@@ -39,18 +40,6 @@ SIMPLE_TEMPLATE = (
     "{% endfor %}"
     "{{ eos_token }}"
 )
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 CONVERSATIONS = {

@@ -14,23 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from chat_messages import assistant, system, user
 
 from engine.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "conversations.jsonl"
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 @pytest.fixture(scope="module")

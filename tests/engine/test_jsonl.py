@@ -5,20 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from chat_messages import assistant, system, user
 
 from engine.jsonl import InputLine, parse_line, parse_record
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 def parse(record, line=1) -> InputLine:

@@ -60,24 +60,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+from chat_messages import assistant, system, user  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from server_testing import launch, stop, wait_ready  # noqa: E402
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
-
 
 # ------------------------------------------------------------------------------------------
 # Fixtures: the checkpoint, the reference engine, the server, the browser
