@@ -14,8 +14,9 @@ from kernels.int8 import MAX_K, int8_gemm_reference
 SHAPES = [(1, 1), (7, 17), (83, 769), (16, 5125), (3, 64)]
 # (M, N, K): single elements, partial 16-column groups and 64-deep k blocks, a
 # partial last block of 32 rows, more groups than one thread takes.
+# m covers every row tail of the register tiles (m % 6 and m % 4), n every group tail
 GEMM_SHAPES = [(1, 1, 1), (7, 5, 3), (33, 48, 64), (31, 33, 200), (100, 130, 1000),
-               (64, 520, 128), (257, 16, 63)]  # fmt: skip
+               (64, 520, 128), (257, 16, 63), (38, 70, 130)]  # fmt: skip
 
 
 def make(shape, dtype, seed=0, scale=3.0):
