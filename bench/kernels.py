@@ -19,7 +19,7 @@ bench/microbench.py.
     python bench/kernels.py                  # CPU: cpu and reference backends (~2-3 min)
     python bench/kernels.py --device cuda    # GPU: cuda and triton backends, GPU targets
     python bench/kernels.py --only attention --quick
-    python bench/kernels.py --only int8 --out bench/results/int8_gemm_cpu   # W8A8 options
+    python bench/kernels.py --only int8 --out bench/results/int8_gemm_cpu_<class>   # W8A8 options
 
 Not a test: pytest collects tests/ only. The `triton` backend is measured on CUDA
 tensors only (on CPU it runs in Triton's interpreter, which is for tests).
