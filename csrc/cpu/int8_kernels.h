@@ -1,7 +1,7 @@
 // Symmetric INT8 kernels shared by every ISA: quantize one row, the GEMM's
-// packed weight layout, and the GEMM epilogue. The ISA-specific GEMM inner
-// loops live in int8_gemm_<isa>.cpp; this header only holds plain loops that
-// each translation unit's -m flags vectorize.
+// packed weight layout, and the GEMM epilogue, written once over the vector
+// type V of the translation unit that instantiates them. The ISA-specific GEMM
+// inner loops live in int8_gemm_<isa>.cpp.
 //
 // Quantize: q = round_half_even(clamp(x / scale, -127, 127)) with x widened to
 // fp32, the division in fp32, NaN -> 0 (bit-identical to the reference in
@@ -35,32 +35,29 @@ inline int64_t int8_packed_offset(int64_t g, int64_t r, int64_t k_pad) {
 
 namespace {  // internal linkage: see dtype.h
 
-// out[j] = q(x[j] / scale[j * scale_step]) (step 0: one scale). The rounding adds
-// and subtracts 1.5 * 2^23, which rounds a value of magnitude <= 127 to the
-// nearest integer (ties to even) in the default rounding mode; -ffp-contract=off
-// keeps the two operations apart.
-template <class T>
+// out[j] = q(x[j] / scale[j * scale_step]) (step 0: one scale), V::W lanes at a
+// time: x widened to fp32, divided in fp32, then V::store_int8 (NaN -> 0, clamp,
+// round half to even), the same operations in the same order on every ISA.
+template <class V, class T>
 void int8_quantize_row(int8_t* __restrict__ out, const T* __restrict__ x,
                        const float* __restrict__ scale, int64_t scale_step, int64_t n) {
-  constexpr float kMagic = 12582912.0f;
-  auto q = [](float v) {
-    v = v == v ? v : 0.0f;  // NaN -> 0
-    v = v > 127.0f ? 127.0f : v;
-    v = v < -127.0f ? -127.0f : v;
-    return int8_t(int32_t((v + kMagic) - kMagic));
-  };
-  if (scale_step == 0) {
-    const float s = scale[0];
-    for (int64_t j = 0; j < n; ++j) out[j] = q(to_float(x[j]) / s);
-  } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = q(to_float(x[j]) / scale[j]);
+  using F = typename V::F;
+  const F s = V::set1(scale[0]);
+  int64_t j = 0;
+  for (; j + V::W <= n; j += V::W) {
+    V::store_int8(out + j, V::div(V::load(x + j), scale_step ? V::load(scale + j) : s));
+  }
+  if (j < n) {
+    const int rest = int(n - j);
+    const F d = scale_step ? V::load(scale + j, rest) : s;
+    V::store_int8(out + j, V::div(V::load(x + j, rest), d), rest);
   }
 }
 
-template <class T>
+template <class V, class T>
 void int8_quantize_row_of(int8_t* out, const void* x, const float* scale, int64_t scale_step,
                           int64_t n) {
-  int8_quantize_row(out, static_cast<const T*>(x), scale, scale_step, n);
+  int8_quantize_row<V>(out, static_cast<const T*>(x), scale, scale_step, n);
 }
 
 // out[j] = float(acc[j]) * (sa * b_scale[n0 + j]) + bias[n0 + j], for one output

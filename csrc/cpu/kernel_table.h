@@ -32,7 +32,8 @@ constexpr KernelTable make_kernel_table() {
       {&quantize_row_of<float>, &quantize_row_of<bf16>, &quantize_row_of<fp16>},
       {&row_amax_of<float>, &row_amax_of<bf16>, &row_amax_of<fp16>},
       {&col_amax_of<float>, &col_amax_of<bf16>, &col_amax_of<fp16>},
-      {&int8_quantize_row_of<float>, &int8_quantize_row_of<bf16>, &int8_quantize_row_of<fp16>},
+      {&int8_quantize_row_of<V, float>, &int8_quantize_row_of<V, bf16>,
+       &int8_quantize_row_of<V, fp16>},
       {gemm_f32_kernel<V, float>(), gemm_f32_kernel<V, bf16>(), gemm_f32_kernel<V, fp16>()},
   };
 }

@@ -97,6 +97,17 @@ struct VecAVX2 {
     for (int i = 0; i < n; ++i) p[i] = buf[i];
   }
 
+  // Symmetric int8 codes of v: NaN -> 0, clamped to [-127, 127], rounded half to
+  // even (VCVTPS2DQ in the default rounding mode); W bytes, or the first n.
+  static void store_int8(int8_t* p, F v) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), int8_codes(v));
+  }
+  static void store_int8(int8_t* p, F v, int n) {
+    alignas(16) int8_t buf[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(buf), int8_codes(v));
+    for (int i = 0; i < n; ++i) p[i] = buf[i];
+  }
+
   static F round(F v, Tag<float>) { return v; }
   static F round(F v, Tag<bf16>) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits(v), 16));
@@ -120,6 +131,14 @@ struct VecAVX2 {
     r = _mm256_blendv_ps(r, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)),
                          _mm256_castsi256_ps(is_nan));
     return _mm256_or_ps(r, _mm256_castsi256_ps(sign));
+  }
+  // The 8 codes in the low 8 bytes.
+  static __m128i int8_codes(F v) {
+    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    const __m256i i = _mm256_cvtps_epi32(v);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    return _mm_packs_epi16(w, w);
   }
   static __m256i lane_mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

@@ -89,6 +89,15 @@ struct VecAVX512 {
   static void store(fp16* p, F v, int n) { _mm256_mask_storeu_epi16(p, mask(n), to_fp16(v)); }
 
   static F round(F v, Tag<float>) { return v; }
+  // Symmetric int8 codes of v: NaN -> 0, clamped to [-127, 127], rounded half to
+  // even (VCVTPS2DQ in the default rounding mode); W bytes, or the first n.
+  static void store_int8(int8_t* p, F v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(int8_codes(v)));
+  }
+  static void store_int8(int8_t* p, F v, int n) {
+    _mm512_mask_cvtsepi32_storeu_epi8(p, mask(n), int8_codes(v));
+  }
+
   static F round(F v, Tag<bf16>) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
   }
@@ -110,6 +119,11 @@ struct VecAVX512 {
   }
   static F widen_bf16(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static __m512i int8_codes(F v) {
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+    return _mm512_cvtps_epi32(v);
   }
   static __m256i to_fp16(F v) {
     return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

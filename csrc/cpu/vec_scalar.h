@@ -42,6 +42,16 @@ struct VecScalar {
   static void store(T* p, F v, int) { store(p, v); }
 
   // The fp32 value nearest to v that T can hold (rounding to nearest even).
+  // Symmetric int8 code of v: NaN -> 0, clamped to [-127, 127], rounded half to
+  // even (adding and subtracting 1.5 * 2^23 in the default rounding mode; the
+  // build's -ffp-contract=off keeps the two apart).
+  static void store_int8(int8_t* p, F v) {
+    v = v == v ? v : 0.0f;
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    *p = int8_t(int32_t((v + 12582912.0f) - 12582912.0f));
+  }
+  static void store_int8(int8_t* p, F v, int) { store_int8(p, v); }
+
   static F round(F v, Tag<float>) { return v; }
   static F round(F v, Tag<bf16>) { return bf16_to_float(float_to_bf16(v)); }
   static F round(F v, Tag<fp16>) { return fp16_to_float(float_to_fp16(v)); }

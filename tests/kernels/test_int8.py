@@ -43,6 +43,20 @@ def test_cpu_quantize_bit_equal_to_reference(isa, dtype, shape, granularity):
     assert torch.equal(s, s_ref) and torch.equal(q, q_ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [7, 16, 40])  # a tail only; whole vectors; both
+def test_cpu_quantize_edge_values_on_every_isa(isa, dtype, width):
+    # NaN, infinities, ties at +-k.5, values past +-127 and -0.0, in every lane
+    # position of the vector loop and of its tail, against the reference
+    special = [float("nan"), float("inf"), -float("inf"), 0.5, 1.5, 2.5, -0.5, -1.5,
+               126.5, -126.5, 127.49, 128.0, -128.0, -0.0, 3.0, 1e-30]  # fmt: skip
+    x = torch.tensor([special[(i * 7 + r) % len(special)] for r in range(5)
+                      for i in range(width)]).reshape(5, width).to(dtype)  # fmt: skip
+    for scale in (1.0, 0.75):
+        q = kernels.int8_quantize(x, scale, backend="cpu")[0]
+        assert torch.equal(q, kernels.int8_quantize(x, scale, backend="reference")[0])
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_quantize_semantics(backend, request):
     if backend == "cpu":
