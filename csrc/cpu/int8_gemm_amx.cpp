@@ -137,9 +137,14 @@ void int8_gemm_amx(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t g0, in
       const int64_t n0 = grp * kInt8PackN;
       int64_t count = g.n - n0;
       count = count < 32 ? count : 32;
-      int8_store_tile<VecAVX512>(g, acc.data(), 32, mb, me - mb, n0, count);
+      if (g.stream_out) {
+        int8_store_tile<VecAVX512, true>(g, acc.data(), 32, mb, me - mb, n0, count);
+      } else {
+        int8_store_tile<VecAVX512>(g, acc.data(), 32, mb, me - mb, n0, count);
+      }
     }
   }
+  if (g.stream_out) _mm_sfence();  // the streamed output is complete before the join
   _tile_release();
 }
 

@@ -64,7 +64,8 @@ void int8_quantize_row_of(int8_t* out, const void* x, const float* scale, int64_
 // row of `count` columns starting at column n0, rounded to T; V::W lanes at a time
 // (V is the translation unit's vector type: the same operations in the same order
 // as one lane, so every ISA rounds alike). float() of an int32 rounds to nearest even.
-template <class V, class T>
+// kStream: whole vectors go out with V::stream (out aligned to a vector's bytes).
+template <class V, bool kStream, class T>
 void int8_epilogue_row(T* __restrict__ out, const int32_t* __restrict__ acc, int64_t count,
                        int64_t n0, float sa, const float* __restrict__ b_scale,
                        bool per_channel, const T* __restrict__ bias) {
@@ -76,7 +77,11 @@ void int8_epilogue_row(T* __restrict__ out, const int32_t* __restrict__ acc, int
     const F s = per_channel ? V::mul(vsa, V::load(b_scale + n0 + j)) : shared;
     F v = V::mul(V::from_i32(acc + j), s);
     if (bias != nullptr) v = V::add(v, V::load(bias + n0 + j));
-    V::store(out + j, v);
+    if constexpr (kStream) {
+      V::stream(out + j, v);
+    } else {
+      V::store(out + j, v);
+    }
   }
   if (j < count) {
     const int n = int(count - j);
@@ -89,9 +94,23 @@ void int8_epilogue_row(T* __restrict__ out, const int32_t* __restrict__ acc, int
   }
 }
 
+template <class V, bool kStream, class T>
+void int8_epilogue_row_to(T* out, const int32_t* acc, int64_t count, int64_t n0, float sa,
+                          const Int8GemmArgs& g) {
+  const T* bias = static_cast<const T*>(g.bias);
+  if constexpr (kStream) {
+    if (reinterpret_cast<uintptr_t>(out) % (V::W * sizeof(T)) == 0) {
+      int8_epilogue_row<V, true>(out, acc, count, n0, sa, g.b_scale, g.b_per_channel, bias);
+      return;
+    }
+  }
+  int8_epilogue_row<V, false>(out, acc, count, n0, sa, g.b_scale, g.b_per_channel, bias);
+}
+
 // The epilogue of rows [0, rows) of an accumulator tile (row stride acc_stride
-// int32) into out[m0 + i, n0 : n0 + count].
-template <class V>
+// int32) into out[m0 + i, n0 : n0 + count]. kStream: with non-temporal stores where
+// a row's columns are aligned (the caller fences before the output is read).
+template <class V, bool kStream = false>
 void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t acc_stride, int64_t m0,
                      int64_t rows, int64_t n0, int64_t count) {
   for (int64_t i = 0; i < rows; ++i) {
@@ -101,14 +120,11 @@ void int8_store_tile(const Int8GemmArgs& g, const int32_t* acc, int64_t acc_stri
     const int64_t esize = g.out_dtype == kFloat32 ? 4 : 2;
     char* o = static_cast<char*>(g.out) + (m * g.out_stride + n0) * esize;
     if (g.out_dtype == kFloat32) {
-      int8_epilogue_row<V>(reinterpret_cast<float*>(o), row, count, n0, sa, g.b_scale,
-                           g.b_per_channel, static_cast<const float*>(g.bias));
+      int8_epilogue_row_to<V, kStream>(reinterpret_cast<float*>(o), row, count, n0, sa, g);
     } else if (g.out_dtype == kBFloat16) {
-      int8_epilogue_row<V>(reinterpret_cast<bf16*>(o), row, count, n0, sa, g.b_scale,
-                           g.b_per_channel, static_cast<const bf16*>(g.bias));
+      int8_epilogue_row_to<V, kStream>(reinterpret_cast<bf16*>(o), row, count, n0, sa, g);
     } else {
-      int8_epilogue_row<V>(reinterpret_cast<fp16*>(o), row, count, n0, sa, g.b_scale,
-                           g.b_per_channel, static_cast<const fp16*>(g.bias));
+      int8_epilogue_row_to<V, kStream>(reinterpret_cast<fp16*>(o), row, count, n0, sa, g);
     }
   }
 }

@@ -109,6 +109,10 @@ struct Int8GemmArgs {
   void* out;
   int64_t out_stride;
   int out_dtype;
+  // Write the output with non-temporal stores (kernels that support them): set for
+  // outputs far larger than the caches, whose lines would otherwise each be read in
+  // before being overwritten, and are evicted before the next op reads them anyway.
+  bool stream_out;
 };
 
 // batch_invariant_linear: out [m, n] = a [m, k] @ b [n, k]^T + bias [n], every

@@ -82,6 +82,15 @@ struct VecAVX512 {
   static void store(fp16* p, F v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_fp16(v));
   }
+  // Non-temporal (streaming) stores of W lanes: p aligned to their size (64 bytes
+  // for float, 32 for bf16 and fp16); ordered by an SFENCE before other threads read.
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
+  static void stream(bf16* p, F v) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+  }
+  static void stream(fp16* p, F v) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_fp16(v));
+  }
   static void store(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static void store(bf16* p, F v, int n) {
     _mm512_mask_cvtepi32_storeu_epi16(p, mask(n), bf16_bits(v));

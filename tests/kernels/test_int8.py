@@ -116,6 +116,19 @@ def test_every_cpu_kernel_is_bit_equal_to_the_reference(int8_isa, mnk, out_dtype
         assert got.dtype == out_dtype and torch.equal(got, want), (int8_isa, mnk, sa.numel())
 
 
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_outputs_past_the_caches_are_bit_equal_too(int8_isa, out_dtype):
+    # 16 MiB and more of output: written with streaming stores where the kernel has them
+    # (AMX); n = 1030 leaves most rows unaligned for those stores, n = 1024 none
+    for n in (1030, 1024):
+        m, k = 4100, 64
+        a, b = codes((m, k), 1), codes((n, k), 2)
+        a_scale, b_scale, bias = torch.rand(m) + 0.01, torch.rand(n) + 0.01, make((n,), out_dtype)
+        got = kernels.int8_gemm(a, kernels.prepack_int8_weight(b), a_scale, b_scale, out_dtype, bias)
+        want = int8_gemm_reference(a, b, a_scale, b_scale, out_dtype, bias)
+        assert torch.equal(got, want), (int8_isa, n)
+
+
 def test_integer_sums_are_exact_at_the_extremes(int8_isa):
     """Every product at +-127 * 127 with a long k: sums reach 64 million, past fp32's
     exact integers, still equal to the float64 reference (and to the true integer)."""
