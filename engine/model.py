@@ -101,17 +101,18 @@ class LlamaRewardModel:
         self._buffers: dict[str, torch.Tensor] = {}
         self._uncalibrated_kv_scale: torch.Tensor | None = None
 
-    def _buffer(self, name: str, rows: int, cols: int) -> torch.Tensor:
+    def _buffer(self, name: str, rows: int, cols: int, dtype=None) -> torch.Tensor:
         """A [rows, cols] activation buffer that every layer of every step reuses.
 
         On CPU a freshly allocated large tensor is page-faulted in on first write and
         given back to the OS when freed (glibc serves big blocks with mmap): per layer
         that costs about as much as a fused elementwise kernel. Reusing a few
         step-sized buffers avoids it. Not thread-safe: one forward at a time.
+        ``dtype``: the compute dtype unless given (the int8 / E4M3 codes of W8A8 inputs).
         """
         buf = self._buffers.get(name)
         if buf is None or buf.shape[0] < rows:
-            buf = torch.empty((rows, cols), dtype=self.dtype, device=self.device)
+            buf = torch.empty((rows, cols), dtype=dtype or self.dtype, device=self.device)
             self._buffers[name] = buf
         return buf[:rows]
 
@@ -173,7 +174,7 @@ class LlamaRewardModel:
         rows = x.shape[0]
         inter = layer.gate_up.out_features // 2
         gate_up = layer.gate_up(x, self._buffer("gate_up", rows, 2 * inter) if reuse else None)
-        act = _activation(gate_up, layer.down, self._buffer("act", rows, inter) if reuse else None)
+        act = self._activation(gate_up, layer.down, reuse)
         hidden = self._buffer("hidden", rows, self.cfg.hidden_size) if reuse else None
         return layer.down(act, hidden)
 
@@ -199,8 +200,8 @@ class LlamaRewardModel:
         input norm (quantized for a W8A8 q|k|v)."""
         residual = F.embedding(input_ids, self.w.embed)
         hidden = self._buffer("hidden", input_ids.shape[0], residual.shape[1])
-        x = _norm(residual, None, first_layer.input_norm, self.cfg.rms_norm_eps, first_layer.qkv,
-                  hidden)  # fmt: skip
+        x = self._norm(residual, None, first_layer.input_norm, self.cfg.rms_norm_eps,
+                       first_layer.qkv, hidden)  # fmt: skip
         return x, residual
 
     def layer_forward(
@@ -222,11 +223,41 @@ class LlamaRewardModel:
         if last:
             residual = residual[meta.last_token_indices]
         # Norms run in place: each output overwrites its input buffer.
-        x = _norm(attn, residual, layer.post_norm, eps, layer.gate_up, attn)
+        x = self._norm(attn, residual, layer.post_norm, eps, layer.gate_up, attn)
         mlp = self._mlp(layer, x, reuse=not last)
         if last:
             return kernels.fused_add_rms_norm(mlp, residual, self.w.final_norm, eps, out=mlp), residual
-        return _norm(mlp, residual, next_layer.input_norm, eps, next_layer.qkv, mlp), residual
+        return self._norm(mlp, residual, next_layer.input_norm, eps, next_layer.qkv, mlp), residual
+
+    def _norm(self, x, residual, weight, eps, consumer, out):
+        """RMSNorm of x (of x + residual, updating residual, when given) in the form the
+        consuming linear layer takes: quantized in the same kernel for W8A8 layers (with
+        their static scale, or per token; the codes in a step buffer), else in the
+        compute dtype, into ``out``."""
+        if consumer.quantization is None:
+            if residual is None:
+                return kernels.rms_norm(x, weight, eps, out=out)
+            return kernels.fused_add_rms_norm(x, residual, weight, eps, out=out)
+        qdtype, scale = _quant_target(consumer)
+        codes = self._buffer("norm_codes", x.shape[0], x.shape[1], qdtype)
+        if residual is None:
+            codes, scale = kernels.rms_norm_quant(x, weight, eps, qdtype, scale, out=codes)
+        else:
+            codes, scale = kernels.fused_add_rms_norm_quant(
+                x, residual, weight, eps, qdtype, scale, out=codes
+            )
+        return QuantizedActivation(codes, scale)
+
+    def _activation(self, gate_up, consumer, reuse: bool):
+        """silu(gate) * up in the form the down projection takes (see _norm), in a step
+        buffer with ``reuse``."""
+        rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
+        if consumer.quantization is None:
+            return kernels.silu_mul(gate_up, out=self._buffer("act", rows, inter) if reuse else None)
+        qdtype, scale = _quant_target(consumer)
+        codes = self._buffer("act_codes", rows, inter, qdtype) if reuse else None
+        return QuantizedActivation(*kernels.silu_mul_quant(gate_up, qdtype, scale, out=codes))
+
 
     @torch.inference_mode()
     def rewards(self, input_ids: torch.Tensor, meta: BatchMetadata, kv_cache) -> torch.Tensor:
@@ -237,30 +268,6 @@ class LlamaRewardModel:
         """
         hidden = self.hidden_states(input_ids, meta, kv_cache)
         return self.head(hidden).float()
-
-
-def _norm(x, residual, weight, eps, consumer, out):
-    """RMSNorm of x (of x + residual, updating residual, when given) in the form the
-    consuming linear layer takes: quantized in the same kernel for W8A8 layers (with
-    their static scale, or per token), else in the compute dtype, into ``out``."""
-    if consumer.quantization is None:
-        if residual is None:
-            return kernels.rms_norm(x, weight, eps, out=out)
-        return kernels.fused_add_rms_norm(x, residual, weight, eps, out=out)
-    qdtype, scale = _quant_target(consumer)
-    if residual is None:
-        codes, scale = kernels.rms_norm_quant(x, weight, eps, qdtype, scale)
-    else:
-        codes, scale = kernels.fused_add_rms_norm_quant(x, residual, weight, eps, qdtype, scale)
-    return QuantizedActivation(codes, scale)
-
-
-def _activation(gate_up, consumer, out):
-    """silu(gate) * up in the form the down projection takes (see _norm)."""
-    if consumer.quantization is None:
-        return kernels.silu_mul(gate_up, out=out)
-    qdtype, scale = _quant_target(consumer)
-    return QuantizedActivation(*kernels.silu_mul_quant(gate_up, qdtype, scale))
 
 
 def _quant_target(layer):

@@ -42,9 +42,31 @@ def quantize_reference(y: torch.Tensor, qdtype: torch.dtype, scale: torch.Tensor
     return q.reshape(y.shape), s if scale is not None else s.reshape(*y.shape[:-1], 1)
 
 
-def native_outputs(shape: tuple[int, ...], qdtype, scale, device):
-    """(codes, codes as the kernels write them, scale buffer, dynamic) for a native call."""
-    codes = torch.empty(shape, dtype=qdtype, device=device)
+def check_codes_out(op: str, out: torch.Tensor | None, shape, qdtype, device) -> None:
+    """`out=` of a quantized-output op: the codes' shape and dtype, contiguous."""
+    if out is None:
+        return
+    if (tuple(out.shape) != tuple(shape) or out.dtype != qdtype or out.device != device
+            or not out.is_contiguous()):  # fmt: skip
+        raise ValueError(
+            f"{op}: out must be a contiguous {qdtype} tensor of shape {tuple(shape)} on "
+            f"{device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+
+
+def codes_into(result: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor | None):
+    """(codes, scale) with the codes copied into `out` when given (implementations
+    that cannot write there)."""
+    if out is None or result[0] is out:
+        return result
+    out.copy_(result[0])
+    return out, result[1]
+
+
+def native_outputs(shape: tuple[int, ...], qdtype, scale, device, out=None):
+    """(codes, codes as the kernels write them, scale buffer, dynamic) for a native call;
+    the codes are `out` when given (checked by the caller)."""
+    codes = torch.empty(shape, dtype=qdtype, device=device) if out is None else out
     raw = codes.view(torch.uint8) if qdtype == FP8_DTYPE else codes
     dynamic = scale is None
     if dynamic:

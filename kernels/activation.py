@@ -10,7 +10,9 @@ from ._checks import check_dtype, check_same, rows_view
 from ._quant import (
     QTYPE_CODES,
     as_static_scale,
+    check_codes_out,
     check_qdtype,
+    codes_into,
     native_outputs,
     quantize_reference,
     shaped_scale,
@@ -72,16 +74,16 @@ SILU_MUL_FP8 = Op(
 )
 
 
-def silu_mul_quant_reference(x: torch.Tensor, qdtype, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def silu_mul_quant_reference(x: torch.Tensor, qdtype, scale, out=None):
     """quantize(silu_mul_reference(x)) with the static per-tensor scale, else per row."""
-    return quantize_reference(silu_mul_reference(x), qdtype, scale)
+    return codes_into(quantize_reference(silu_mul_reference(x), qdtype, scale), out)
 
 
-def silu_mul_quant_native(x: torch.Tensor, qdtype, scale):
+def silu_mul_quant_native(x: torch.Tensor, qdtype, scale, out=None):
     inter = x.shape[-1] // 2
     shape = (*x.shape[:-1], inter)
     x2 = rows_view("silu_mul", "x", x, 2 * inter, writable=False)
-    codes, raw, buf, dynamic = native_outputs(shape, qdtype, scale, x.device)
+    codes, raw, buf, dynamic = native_outputs(shape, qdtype, scale, x.device, out)
     if x2.shape[0]:
         custom_ops.silu_mul_quant(raw, x2, buf, QTYPE_CODES[qdtype], dynamic)
     return codes, shaped_scale(buf, dynamic, shape)
@@ -133,22 +135,25 @@ def silu_mul_quant(
     qdtype: torch.dtype,
     scale: torch.Tensor | float | None = None,
     *,
+    out: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """silu_mul(x) quantized for a W8A8 GEMM: (codes, scale), as kernels.rms_norm_quant
-    (static per-tensor scale, or one per row when scale is None)."""
+    (static per-tensor scale, or one per row when scale is None); the codes are written
+    into `out` when given (contiguous, [..., I] of qdtype: a reused buffer)."""
     check_dtype("silu_mul", "x", x)
     if x.dim() == 0 or x.shape[-1] == 0 or x.shape[-1] % 2:
         raise ValueError(f"silu_mul: last dim must be 2 * I > 0; got shape {tuple(x.shape)}")
     check_qdtype("silu_mul_quant", qdtype)
+    check_codes_out("silu_mul_quant", out, (*x.shape[:-1], x.shape[-1] // 2), qdtype, x.device)
     scale = as_static_scale("silu_mul_quant", scale, x.device)
     on_gpu_without_kernel = (
         backend is None and x.device.type != "cpu" and SILU_MUL_QUANT.choose(x.device)[0] == "reference"
     )
     if on_gpu_without_kernel:
         if qdtype == FP8_DTYPE and scale is not None:
-            return silu_mul(x, fp8_scale=scale), scale
+            return codes_into((silu_mul(x, fp8_scale=scale), scale), out)
         from .norm import _quantize_apart
 
-        return _quantize_apart(silu_mul(x), qdtype, scale)
-    return SILU_MUL_QUANT.select(x.device, backend)(x, qdtype, scale)
+        return codes_into(_quantize_apart(silu_mul(x), qdtype, scale), out)
+    return SILU_MUL_QUANT.select(x.device, backend)(x, qdtype, scale, out=out)

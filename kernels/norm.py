@@ -14,7 +14,9 @@ from ._checks import check_dtype, check_same, rows_view
 from ._quant import (
     QTYPE_CODES,
     as_static_scale,
+    check_codes_out,
     check_qdtype,
+    codes_into,
     native_outputs,
     quantize_reference,
     shaped_scale,
@@ -119,32 +121,32 @@ def fused_add_rms_norm_fp8_native(x, residual, weight, eps, scale):
     return out
 
 
-def rms_norm_quant_reference(x, weight, eps, qdtype, scale):
+def rms_norm_quant_reference(x, weight, eps, qdtype, scale, out=None):
     """quantize(rms_norm_reference(x, weight, eps)): with the static per-tensor scale,
     else per row (fp8_quantize / int8_quantize numerics)."""
-    return quantize_reference(rms_norm_reference(x, weight, eps), qdtype, scale)
+    return codes_into(quantize_reference(rms_norm_reference(x, weight, eps), qdtype, scale), out)
 
 
-def fused_add_rms_norm_quant_reference(x, residual, weight, eps, qdtype, scale):
+def fused_add_rms_norm_quant_reference(x, residual, weight, eps, qdtype, scale, out=None):
     y = fused_add_rms_norm_reference(x, residual, weight, eps)
-    return quantize_reference(y, qdtype, scale)
+    return codes_into(quantize_reference(y, qdtype, scale), out)
 
 
-def rms_norm_quant_native(x, weight, eps, qdtype, scale):
+def rms_norm_quant_native(x, weight, eps, qdtype, scale, out=None):
     """One pass: rows into a small scratch buffer, then their codes (and row scales)."""
     hidden = weight.shape[0]
     x2 = rows_view("rms_norm", "x", x, hidden, writable=False)
-    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device)
+    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device, out)
     if x2.shape[0]:
         custom_ops.rms_norm_quant(raw, x2, weight, float(eps), buf, QTYPE_CODES[qdtype], dynamic)
     return codes, shaped_scale(buf, dynamic, tuple(x.shape))
 
 
-def fused_add_rms_norm_quant_native(x, residual, weight, eps, qdtype, scale):
+def fused_add_rms_norm_quant_native(x, residual, weight, eps, qdtype, scale, out=None):
     hidden = weight.shape[0]
     x2 = rows_view("fused_add_rms_norm", "x", x, hidden, writable=False)
     r2 = rows_view("fused_add_rms_norm", "residual", residual, hidden, writable=True)
-    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device)
+    codes, raw, buf, dynamic = native_outputs(tuple(x.shape), qdtype, scale, x.device, out)
     if x2.shape[0]:
         custom_ops.fused_add_rms_norm_quant(
             raw, x2, r2, weight, float(eps), buf, QTYPE_CODES[qdtype], dynamic
@@ -289,6 +291,7 @@ def rms_norm_quant(
     qdtype: torch.dtype,
     scale: torch.Tensor | float | None = None,
     *,
+    out: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rms_norm(x, weight, eps) quantized for a W8A8 GEMM: (codes, scale).
@@ -296,17 +299,19 @@ def rms_norm_quant(
     qdtype: torch.float8_e4m3fn or torch.int8. With a static per-tensor `scale` the
     codes are fp8_quantize / int8_quantize of the activation-dtype result with it
     (the scale is returned as given); without one, one scale per row is computed
-    (returned [..., 1]). Computed in one pass where a fused kernel exists.
+    (returned [..., 1]). Computed in one pass where a fused kernel exists. The codes
+    are written into `out` when given (contiguous, x's shape, qdtype: a reused buffer).
     """
     weight = _check_weight("rms_norm", x, weight)
     check_qdtype("rms_norm_quant", qdtype)
+    check_codes_out("rms_norm_quant", out, x.shape, qdtype, x.device)
     scale = as_static_scale("rms_norm_quant", scale, x.device)
     fused = _fused_choice(RMS_NORM_QUANT, x, qdtype, scale, backend)
     if fused == "fp8_static":
-        return rms_norm(x, weight, eps, fp8_scale=scale), scale
+        return codes_into((rms_norm(x, weight, eps, fp8_scale=scale), scale), out)
     if fused == "separate":
-        return _quantize_apart(rms_norm(x, weight, eps), qdtype, scale)
-    return RMS_NORM_QUANT.select(x.device, backend)(x, weight, eps, qdtype, scale)
+        return codes_into(_quantize_apart(rms_norm(x, weight, eps), qdtype, scale), out)
+    return RMS_NORM_QUANT.select(x.device, backend)(x, weight, eps, qdtype, scale, out=out)
 
 
 def fused_add_rms_norm_quant(
@@ -317,10 +322,11 @@ def fused_add_rms_norm_quant(
     qdtype: torch.dtype,
     scale: torch.Tensor | float | None = None,
     *,
+    out: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """residual <- x + residual (in place); returns rms_norm(residual) quantized as in
-    rms_norm_quant: (codes, scale)."""
+    rms_norm_quant: (codes, scale), the codes written into `out` when given."""
     weight = _check_weight("fused_add_rms_norm", x, weight)
     check_same("fused_add_rms_norm", "x", x, residual=residual)
     if residual.shape != x.shape:
@@ -328,14 +334,16 @@ def fused_add_rms_norm_quant(
             f"fused_add_rms_norm: residual {tuple(residual.shape)} must match x {tuple(x.shape)}"
         )
     check_qdtype("fused_add_rms_norm_quant", qdtype)
+    check_codes_out("fused_add_rms_norm_quant", out, x.shape, qdtype, x.device)
     scale = as_static_scale("fused_add_rms_norm_quant", scale, x.device)
     fused = _fused_choice(FUSED_ADD_RMS_NORM_QUANT, x, qdtype, scale, backend)
     if fused == "fp8_static":
-        return fused_add_rms_norm(x, residual, weight, eps, fp8_scale=scale), scale
+        return codes_into((fused_add_rms_norm(x, residual, weight, eps, fp8_scale=scale), scale), out)
     if fused == "separate":
-        return _quantize_apart(fused_add_rms_norm(x, residual, weight, eps), qdtype, scale)
+        y = fused_add_rms_norm(x, residual, weight, eps)
+        return codes_into(_quantize_apart(y, qdtype, scale), out)
     return FUSED_ADD_RMS_NORM_QUANT.select(x.device, backend)(
-        x, residual, weight, eps, qdtype, scale
+        x, residual, weight, eps, qdtype, scale, out=out
     )
 
 

@@ -90,3 +90,37 @@ def test_errors_name_the_problem(cpu_module):
         kernels.silu_mul_quant(make((2, 16), torch.float32), torch.int8, torch.ones(2))
     with pytest.raises(ValueError, match="residual"):
         kernels.fused_add_rms_norm_quant(x, x[:1], w, 1e-5, torch.int8)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_codes_land_in_out(backend, qdtype, scale, request):
+    if backend == "cpu":
+        request.getfixturevalue("cpu_module")
+    x, w = make((5, 64), torch.bfloat16, 1), make((64,), torch.bfloat16, 2)
+    gate_up = make((5, 128), torch.bfloat16, 4)
+    calls = {
+        "rms_norm_quant": lambda **kw: kernels.rms_norm_quant(x, w, 1e-5, qdtype, scale, **kw),
+        "fused_add_rms_norm_quant": lambda **kw: kernels.fused_add_rms_norm_quant(
+            x, make((5, 64), torch.bfloat16, 3), w, 1e-5, qdtype, scale, **kw
+        ),
+        "silu_mul_quant": lambda **kw: kernels.silu_mul_quant(gate_up, qdtype, scale, **kw),
+    }
+    for name, call in calls.items():
+        want = call(backend=backend)
+        out = torch.full((5, 64), 3, dtype=torch.int8).view(qdtype)  # stale contents
+        got = call(backend=backend, out=out)
+        assert got[0] is out, name
+        assert_same_codes(got, want)
+
+
+def test_a_wrong_out_is_refused(cpu_module):
+    x, w = make((2, 8), torch.float32), torch.ones(8)
+    for bad in (torch.empty(2, 8, dtype=torch.float8_e4m3fn), torch.empty(2, 9, dtype=torch.int8),
+                torch.empty(8, 2, dtype=torch.int8).t()):  # fmt: skip
+        with pytest.raises(ValueError, match="out must be a contiguous"):
+            kernels.rms_norm_quant(x, w, 1e-5, torch.int8, out=bad)
+    with pytest.raises(ValueError, match=r"shape \(2, 8\)"):
+        kernels.silu_mul_quant(make((2, 16), torch.float32), torch.int8,
+                               out=torch.empty(2, 16, dtype=torch.int8))  # fmt: skip
