@@ -22,7 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import _native, custom_ops
+from . import custom_ops
 from ._checks import check_dtype, check_same
 from .backend import Op, triton_impl
 from .fp8 import FP8_DTYPE, kv_cache_scales
@@ -103,10 +103,10 @@ def paged_prefill_attention_sdpa(
 ):  # fmt: skip
     """The same attention as torch SDPA per sequence: its keys and values gathered from
     the cache into contiguous tensors, the causal mask aligned to the end (a query at
-    absolute position p sees keys 0..p). For CPUs where torch's SDPA runs its products
-    on AMX tiles (oneDNN brgemm) and this project's kernel does not: measured 2.1-2.8x
-    faster there (kernels/README.md). Its split over keys follows SDPA's blocking, not
-    absolute positions: never used in batch-invariant mode."""
+    absolute position p sees keys 0..p). Taken only when REWARD_ENGINE_CPU_ATTENTION=sdpa
+    asks for it (a cross-check of the kernel, or a way round a problem with it). Its
+    split over keys follows SDPA's blocking, not absolute positions: never used in
+    batch-invariant mode."""
     starts, lens = _as_list(query_start_loc), _as_list(context_lens)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     for s, ctx in enumerate(lens):
@@ -132,22 +132,17 @@ CPU_ATTENTION = ("auto", "kernel", "sdpa")
 
 
 def cpu_attention_path(q: torch.Tensor, key_cache: torch.Tensor) -> str:
-    """"sdpa" or "kernel": what the cpu backend runs for these tensors. Auto picks SDPA
-    for bf16 with an unquantized cache on CPUs with AMX-BF16 (the kernel ISA amx_bf16),
-    where it is the faster of the two; REWARD_ENGINE_CPU_ATTENTION=kernel|sdpa forces
-    one (sdpa only for unquantized caches)."""
+    """"sdpa" or "kernel": what the cpu backend runs for these tensors. Auto is the C++
+    kernel on every CPU: with AMX-BF16 its products run on the tile unit and it is
+    1.4-1.8x faster than torch's SDPA there (kernels/README.md), elsewhere on VDPBF16PS
+    or FMA and faster still. REWARD_ENGINE_CPU_ATTENTION=kernel|sdpa forces one (sdpa
+    only for unquantized caches)."""
     forced = os.environ.get("REWARD_ENGINE_CPU_ATTENTION", "auto") or "auto"
     if forced not in CPU_ATTENTION:
         raise ValueError(
             f"REWARD_ENGINE_CPU_ATTENTION={forced!r} is not one of {', '.join(CPU_ATTENTION)}"
         )
-    if key_cache.dtype == FP8_DTYPE or forced == "kernel":
-        return "kernel"
-    if forced == "sdpa":
-        return "sdpa"
-    module = _native.cpu_module()
-    on_amx = module is not None and module.active_isa() == "amx_bf16"
-    return "sdpa" if on_amx and q.dtype == torch.bfloat16 else "kernel"
+    return "sdpa" if forced == "sdpa" and key_cache.dtype != FP8_DTYPE else "kernel"
 
 
 def paged_prefill_attention_cpu(

@@ -1,8 +1,8 @@
 """paged_prefill_attention and rope_and_cache: the cpu backend (every ISA path) against
 the reference over block sizes 1/5/16, GQA ratios 1/4/8, block-boundary and chunked
 (cached prefix + new tokens) sequences, empty and single-token chunks; the reference
-against torch's SDPA. The cpu backend's SDPA route (auto on AMX-BF16 CPUs) against the
-reference on the same batches, and never in batch-invariant mode."""
+against torch's SDPA. The cpu backend's SDPA route (REWARD_ENGINE_CPU_ATTENTION=sdpa)
+against the reference on the same batches, and never in batch-invariant mode."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from kernels.rope import rope_and_cache_reference
 # than one work unit's token block
 BATCH = [(0, 7), (5, 1), (33, 70), (0, 1), (100, 0), (16, 16), (0, 150)]
 # (q heads, kv heads, block size, head_dim): GQA ratios 1/4/8, block sizes 1/5/16,
-# head_dims (18, 17) that are not a multiple of any vector width, one of them odd
-LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64), (6, 2, 4, 17)]
+# head_dims (18, 17) that are not a multiple of any vector width (nor of the 32 of an
+# AMX tile step), one of them odd, and 128 (four tile steps)
+LAYOUTS = [(4, 4, 1, 64), (8, 2, 5, 18), (8, 1, 16, 64), (6, 2, 4, 17), (8, 2, 16, 128)]
 
 
 @pytest.fixture(autouse=True)
@@ -197,12 +198,11 @@ def test_sdpa_route_matches_reference(cpu_module, monkeypatch, dtype, layout):
     assert_close(out, paged_prefill_attention_reference(*args, scale), "attention[sdpa]")
 
 
-def test_auto_takes_sdpa_only_for_bf16_on_amx_and_never_for_fp8_caches(cpu_module, monkeypatch):
+def test_auto_is_the_kernel_and_sdpa_only_when_forced_and_never_for_fp8_caches(monkeypatch):
     monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "auto")
     q = torch.zeros(1, 2, 8, dtype=torch.bfloat16)
     cache = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16)
-    on_amx = cpu_module.active_isa() == "amx_bf16"
-    assert paged_attention.cpu_attention_path(q, cache) == ("sdpa" if on_amx else "kernel")
+    assert paged_attention.cpu_attention_path(q, cache) == "kernel"
     assert paged_attention.cpu_attention_path(q.float(), cache.float()) == "kernel"
     monkeypatch.setenv("REWARD_ENGINE_CPU_ATTENTION", "sdpa")
     assert paged_attention.cpu_attention_path(q.float(), cache.float()) == "sdpa"
