@@ -1,10 +1,10 @@
 // Paged prefill attention for bf16 queries on CPUs with AMX-BF16: the work units,
 // "rows in lanes" layout and online softmax of attention_bf16_kernels.h, with both
 // matrix products on the tile unit (TDPBF16PS), whose 16 x 16 x 32 step does in one
-// instruction what takes VDPBF16PS 32. What is left on the vector units is the
-// softmax, which is then most of the time: scaling, masking, the running max and
-// the exponentials are two passes over the chunk's scores, the second one writing
-// the probabilities straight out as the bf16 pairs the second product reads.
+// instruction what takes VDPBF16PS 32. The vector units keep the softmax: scaling,
+// masking, the running max and the exponentials are two passes over the chunk's
+// scores, the second one writing the probabilities straight out as the bf16 pairs
+// the second product reads.
 //
 // Tiles (all 16 rows x 64 bytes, amx_configure): for a block of 32 keys x 32 rows,
 //   QK  St[n][m] += K[n][d..d+32] . Qp[d/2..][m]: A = 16 key rows of the chunk's
@@ -19,7 +19,9 @@
 //
 // Numerics: as attention_bf16_kernels.h (exact bf16 products summed in fp32 by the
 // tile unit, which flushes bf16 subnormal inputs to zero; scores scaled in fp32;
-// probabilities rounded to bf16 for PV, their sum kept in fp32). Keys are visited in
+// probabilities rounded to bf16 for PV, their sum kept in fp32), except that the
+// exponentials are VecAVX512::exp_approx (about 2^-14 relative, well inside the bf16
+// rounding the probabilities get). Keys are visited in
 // 64-key chunks from key 0 at absolute positions, a masked key's probability is
 // exactly 0 and every product reads a row's own values only, so a row's result does
 // not depend on which rows share its unit: batch-invariant like the other kernels.
@@ -82,23 +84,6 @@ __attribute__((always_inline)) inline void transpose16x16_epi32(
   for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + j * dst_stride, r[j]);
 }
 
-// exp(x) for x <= 0 (or -inf-like), as 2^n * 2^f with f in [-0.5, 0.5] and 2^f from
-// its degree-5 Taylor polynomial: relative error below 3e-6, far inside the bf16
-// rounding the probabilities get, in half the instructions of VecAVX512::exp.
-// Very negative x (masked scores, the first chunk's alpha) give exactly 0.
-inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.3333558146e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // One chunk's scores St[n][m] (n < nkp, a multiple of 32; m < mp, rows Mp apart) ->
 // probability pairs Pp[n/2][m], updating the rows' running max, sum and alpha. Pass one scales, masks
 // (keys past a row's position, and the padding keys n >= nk) and takes the max;
@@ -129,13 +114,13 @@ inline void softmax_to_pairs_amx(float* st, uint32_t* pp, const RowState& r, flo
         mx = _mm512_max_ps(mx, v);
       }
     }
-    const __m512 alpha = exp_nonpositive(_mm512_sub_ps(old_max, mx));
+    const __m512 alpha = V::exp_approx(_mm512_sub_ps(old_max, mx));
     __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(r.sum + m), alpha);
     for (int64_t n = 0; n < nkp; n += 2) {
       const __m512 s0 = _mm512_loadu_ps(st + n * Mp + m);
       const __m512 s1 = _mm512_loadu_ps(st + (n + 1) * Mp + m);
-      const __m512 p0 = V::select_gt(s0, unmasked, exp_nonpositive(_mm512_sub_ps(s0, mx)), _mm512_setzero_ps());
-      const __m512 p1 = V::select_gt(s1, unmasked, exp_nonpositive(_mm512_sub_ps(s1, mx)), _mm512_setzero_ps());
+      const __m512 p0 = V::select_gt(s0, unmasked, V::exp_approx(_mm512_sub_ps(s0, mx)), _mm512_setzero_ps());
+      const __m512 p1 = V::select_gt(s1, unmasked, V::exp_approx(_mm512_sub_ps(s1, mx)), _mm512_setzero_ps());
       sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
       _mm512_storeu_si512(pp + (n / 2) * Mp + m, bf16_pairs(p0, p1));
     }

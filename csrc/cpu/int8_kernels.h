@@ -36,21 +36,30 @@ inline int64_t int8_packed_offset(int64_t g, int64_t r, int64_t k_pad) {
 namespace {  // internal linkage: see dtype.h
 
 // out[j] = q(x[j] / scale[j * scale_step]) (step 0: one scale), V::W lanes at a
-// time: x widened to fp32, divided in fp32, then V::store_int8 (NaN -> 0, clamp,
-// round half to even), the same operations in the same order on every ISA.
+// time: x widened to fp32, divided in fp32 (with one scale through V::divide_by,
+// which gives the division's quotient), then V::store_int8 (NaN -> 0, clamp, round
+// half to even): the same codes on every ISA.
 template <class V, class T>
 void int8_quantize_row(int8_t* __restrict__ out, const T* __restrict__ x,
                        const float* __restrict__ scale, int64_t scale_step, int64_t n) {
   using F = typename V::F;
-  const F s = V::set1(scale[0]);
+  if (scale_step == 0) {
+    const F s = V::set1(scale[0]), r = V::set1(1.0f / scale[0]);
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store_int8(out + j, V::divide_by(V::load(x + j), s, r));
+    if (j < n) {
+      const int rest = int(n - j);
+      V::store_int8(out + j, V::divide_by(V::load(x + j, rest), s, r), rest);
+    }
+    return;
+  }
   int64_t j = 0;
   for (; j + V::W <= n; j += V::W) {
-    V::store_int8(out + j, V::div(V::load(x + j), scale_step ? V::load(scale + j) : s));
+    V::store_int8(out + j, V::div(V::load(x + j), V::load(scale + j)));
   }
   if (j < n) {
     const int rest = int(n - j);
-    const F d = scale_step ? V::load(scale + j, rest) : s;
-    V::store_int8(out + j, V::div(V::load(x + j, rest), d), rest);
+    V::store_int8(out + j, V::div(V::load(x + j, rest), V::load(scale + j, rest)), rest);
   }
 }
 

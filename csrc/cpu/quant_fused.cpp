@@ -22,7 +22,10 @@
 namespace reward_engine::cpu {
 namespace {
 
-constexpr int64_t kRowsPerBlock = 8;
+// Rows per block: as many as fit 16 KiB of scratch (at least one, at most 8), so the
+// block is still in L1 when it is read back twice (amax, then quantize).
+constexpr int64_t kScratchBytes = 16 * 1024;
+constexpr int64_t kMaxRowsPerBlock = 8;
 
 float dynamic_scale(float amax, float qmax) {
   const float s = amax > 0.0f ? amax / qmax : 1.0f;
@@ -47,9 +50,10 @@ void quantized_rows(const char* op, uintptr_t out, int64_t out_stride, uintptr_t
   const RowAmaxFn row_amax = kernels.row_amax[dtype];
   const float qmax = qtype == kQuantFp8 ? kFp8E4M3Max : 127.0f;
   parallel_for(rows, threads_for(bytes, rows, num_threads), [&](int64_t begin, int64_t end) {
-    std::vector<unsigned char> scratch(size_t(kRowsPerBlock * width * esize));
-    for (int64_t r0 = begin; r0 < end; r0 += kRowsPerBlock) {
-      const int64_t n = std::min(kRowsPerBlock, end - r0);
+    const int64_t block = std::clamp<int64_t>(kScratchBytes / (width * esize), 1, kMaxRowsPerBlock);
+    std::vector<unsigned char> scratch(size_t(block * width * esize));
+    for (int64_t r0 = begin; r0 < end; r0 += block) {
+      const int64_t n = std::min(block, end - r0);
       run(r0, n, scratch.data());
       for (int64_t i = 0; i < n; ++i) {
         const unsigned char* y = scratch.data() + i * width * esize;

@@ -54,6 +54,34 @@ struct VecAVX512 {
                                 _mm512_set1_ps(__builtin_inff()));
   }
 
+  // exp and 1/x to about 2^-14 relative, for results rounded to bf16 (8 bits) and
+  // softmax probabilities: 2^n * 2^f, f in [-0.5, 0.5] from a degree-5 Taylor
+  // polynomial, VSCALEFPS doing the exponent (over- and underflow to inf and 0, NaN
+  // kept); VRCP14PS.
+  static F exp_approx(F x) {
+    x = _mm512_min_ps(_mm512_set1_ps(100.0f), _mm512_max_ps(_mm512_set1_ps(-100.0f), x));
+    const F t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const F n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const F f = _mm512_sub_ps(t, n);
+    F p = _mm512_set1_ps(1.3333558146e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+  }
+  static F recip_approx(F x) { return _mm512_rcp14_ps(x); }
+  // x / s rounded as VDIVPS rounds it, given r = 1 / s (rounded to nearest): the
+  // quotient x * r corrected once by its exact FMA residual (Markstein), three
+  // pipelined operations for a division's 8-10 cycles; where x / s is infinite or
+  // NaN the residual is NaN and x * r is the answer.
+  static F divide_by(F x, F s, F r) {
+    const F q0 = _mm512_mul_ps(x, r);
+    const F q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, s, x), r, q0);
+    return _mm512_mask_mov_ps(q1, _mm512_fpclass_ps_mask(q0, 0x18), q0);
+  }
+
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static F from_i32(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
   static F load(const bf16* p) {

@@ -4,6 +4,8 @@ to the unquantized matmul)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from kernel_testing import DTYPES
@@ -55,6 +57,26 @@ def test_cpu_quantize_edge_values_on_every_isa(isa, dtype, width):
     for scale in (1.0, 0.75):
         q = kernels.int8_quantize(x, scale, backend="cpu")[0]
         assert torch.equal(q, kernels.int8_quantize(x, scale, backend="reference")[0])
+
+
+def test_cpu_quantize_with_one_scale_rounds_every_quotient_like_a_division(isa):
+    """With one scale the cpu kernel multiplies by 1/scale and corrects the quotient
+    with its FMA residual: every bf16 value, and fp32 values a few ulps either side of
+    each half-integer multiple of the scale (where a wrong quotient would change the
+    code), over scales from 1e-30 to 1e30, give the reference's codes."""
+    every_bf16 = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    scales = torch.empty(60).uniform_(math.log(1e-30), math.log(1e30), generator=g).exp()
+    scales = [*scales.tolist(), 1.0, 1 / 127, 0.1, 3.0, 2.0**-126]
+    for scale in scales:
+        scale = float(torch.tensor(scale, dtype=torch.float32))
+        halves = ((torch.arange(-128, 128, dtype=torch.float64) + 0.5) * scale).float()
+        bits = halves.view(torch.int32)
+        near = torch.cat([(bits + ulps).view(torch.float32) for ulps in range(-3, 4)])
+        for x in (every_bf16, near):
+            got, _ = kernels.int8_quantize(x, scale, backend="cpu")
+            want, _ = kernels.int8_quantize(x, scale, backend="reference")
+            assert torch.equal(got, want), f"scale {scale}: {int((got != want).sum())} codes differ"
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
