@@ -576,6 +576,10 @@ def main(argv=None) -> int:
                     online.append({"model": model_name, "workload": wl, "requests": len(sub),
                                    "load": r["offered_req_s"] / capacity, **r})  # fmt: skip
         profiles[model_name] = profile_one_forward(path, workload("mixed"), args.budget)
+        for q, (engine_dir, _) in built.items():
+            profiles[f"{model_name} {q}"] = profile_one_forward(
+                engine_dir, workload("mixed"), args.budget
+            )
         del hf
 
     info = {**machine_info(), "repeat": args.repeat, "load_average_1m_start": load_at_start,

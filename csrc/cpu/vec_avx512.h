@@ -56,10 +56,11 @@ struct VecAVX512 {
 
   // exp and 1/x to about 2^-14 relative, for results rounded to bf16 (8 bits) and
   // softmax probabilities: 2^n * 2^f, f in [-0.5, 0.5] from a degree-5 Taylor
-  // polynomial, VSCALEFPS doing the exponent (over- and underflow to inf and 0, NaN
-  // kept); VRCP14PS.
+  // polynomial, VSCALEFPS doing the exponent (overflow to inf, NaN kept); VRCP14PS.
+  // Arguments below -87 give e^-87, as in exp: never a subnormal result, which the
+  // next floating-point operation would pay a microcode assist for.
   static F exp_approx(F x) {
-    x = _mm512_min_ps(_mm512_set1_ps(100.0f), _mm512_max_ps(_mm512_set1_ps(-100.0f), x));
+    x = _mm512_min_ps(_mm512_set1_ps(100.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
     const F t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
     const F n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const F f = _mm512_sub_ps(t, n);
