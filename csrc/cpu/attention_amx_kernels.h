@@ -152,6 +152,20 @@ inline void store_output_amx(const AttentionArgs& a, const AttentionUnit& unit, 
   }
 }
 
+// tmm0-3 += the 2 x 2 products of A tiles (16 rows from a0, from a1; row stride
+// a_stride bytes) and B tiles (b0, b1; b_stride): C00, C01, C10, C11.
+inline void tile_dp_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0,
+                        const void* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(5, a1, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_loadd(7, b1, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
 // C: the caches' element type, bf16 bits (uint16_t) or e4m3.
 template <class C>
 void paged_attention_units_amx(const AttentionArgs& a, const AttentionUnit* units,
@@ -181,7 +195,6 @@ void paged_attention_units_amx(const AttentionArgs& a, const AttentionUnit* unit
   const C* key_cache = static_cast<const C*>(a.key_cache);
   const C* value_cache = static_cast<const C*>(a.value_cache);
   const float scale = a.scale * a.k_scale;
-  constexpr int64_t kLineElems = 64 / int64_t(sizeof(C));
   amx_configure();
 
   for (int64_t u = begin; u < end; ++u) {
@@ -230,28 +243,10 @@ void paged_attention_units_amx(const AttentionArgs& a, const AttentionUnit* unit
           } else {
             for (int64_t d = 0; d < Dk; d += 32) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
           }
-          const int64_t ahead = c0 + kKeyChunk + n + i;
-          if (ahead < num_keys) {
-            const int64_t offset = kv_offset(a, table, unit.kv_head, ahead);
-            for (int64_t d = 0; d < D; d += kLineElems) {
-              _mm_prefetch(reinterpret_cast<const char*>(key_cache + offset + d), _MM_HINT_T0);
-              _mm_prefetch(reinterpret_cast<const char*>(value_cache + offset + d), _MM_HINT_T0);
-            }
-          }
+          prefetch_kv_row(a, table, unit.kv_head, c0 + kKeyChunk + n + i, num_keys,
+                          key_cache, value_cache);
         }
-        uint32_t* dst = vp + (n / 2) * Dk;
-        int64_t d = 0;
-        if (v_row[1]) {
-          for (; d + 16 <= D; d += 16) {
-            const __m512i lo = bf16_lanes(v_row[0] + d), hi = bf16_lanes(v_row[1] + d);
-            _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-          }
-        }
-        for (; d < Dk; ++d) {
-          const uint32_t lo = v_row[0] && d < D ? bf16_bits(v_row[0][d]) : 0;
-          const uint32_t hi = v_row[1] && d < D ? bf16_bits(v_row[1][d]) : 0;
-          dst[d] = lo | (hi << 16);
-        }
+        interleave_rows(v_row[0], v_row[1], vp + (n / 2) * Dk, D, Dk);
       }
       for (int64_t n2 = 0; n2 < nkp / 2; n2 += 16) {
         for (int64_t d = 0; d < Dk; d += 16) {
@@ -266,14 +261,8 @@ void paged_attention_units_amx(const AttentionArgs& a, const AttentionUnit* unit
           _tile_zero(2);
           _tile_zero(3);
           for (int64_t d = 0; d < Dk; d += 32) {
-            _tile_loadd(4, kb + n0 * Dk + d, Dk * 2);
-            _tile_loadd(5, kb + (n0 + 16) * Dk + d, Dk * 2);
-            _tile_loadd(6, qp + (d / 2) * Mp + m0, Mp * 4);
-            _tile_loadd(7, qp + (d / 2) * Mp + m0 + 16, Mp * 4);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            tile_dp_2x2(kb + n0 * Dk + d, kb + (n0 + 16) * Dk + d, Dk * 2,
+                        qp + (d / 2) * Mp + m0, qp + (d / 2) * Mp + m0 + 16, Mp * 4);
           }
           _tile_stored(0, st + n0 * Mp + m0, Mp * 4);
           _tile_stored(1, st + n0 * Mp + m0 + 16, Mp * 4);
@@ -301,14 +290,8 @@ void paged_attention_units_amx(const AttentionArgs& a, const AttentionUnit* unit
           _tile_loadd(2, o + 16 * Mp, Mp * 4);
           _tile_loadd(3, o + 16 * Mp + 16, Mp * 4);
           for (int64_t n0 = 0; n0 < nkp; n0 += 32) {
-            _tile_loadd(4, vt + d0 * kPairs + n0 / 2, kPairs * 4);
-            _tile_loadd(5, vt + (d0 + 16) * kPairs + n0 / 2, kPairs * 4);
-            _tile_loadd(6, pp + (n0 / 2) * Mp + m0, Mp * 4);
-            _tile_loadd(7, pp + (n0 / 2) * Mp + m0 + 16, Mp * 4);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            tile_dp_2x2(vt + d0 * kPairs + n0 / 2, vt + (d0 + 16) * kPairs + n0 / 2, kPairs * 4,
+                        pp + (n0 / 2) * Mp + m0, pp + (n0 / 2) * Mp + m0 + 16, Mp * 4);
           }
           _tile_stored(0, o, Mp * 4);
           _tile_stored(1, o + 16, Mp * 4);

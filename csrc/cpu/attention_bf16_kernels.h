@@ -90,6 +90,38 @@ inline __m512i bf16_lanes(const e4m3* row) {
 inline uint32_t bf16_bits(uint16_t v) { return v; }
 inline uint32_t bf16_bits(e4m3 v) { return float_to_bf16(e4m3_to_float(v.bits)); }
 
+// dst[d] = the pair (row0[d], row1[d]) as bf16 bits (row0 low) for d < width: zero past
+// D, a missing row (nullptr) zero.
+template <class C>
+inline void interleave_rows(const C* row0, const C* row1, uint32_t* dst, int64_t D,
+                            int64_t width) {
+  int64_t d = 0;
+  for (; d + 16 <= D && row1; d += 16) {
+    const __m512i lo = bf16_lanes(row0 + d), hi = bf16_lanes(row1 + d);
+    _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+  for (; d < width; ++d) {
+    const uint32_t lo = row0 && d < D ? bf16_bits(row0[d]) : 0;
+    const uint32_t hi = row1 && d < D ? bf16_bits(row1[d]) : 0;
+    dst[d] = lo | (hi << 16);
+  }
+}
+
+// Prefetches key j's K and V rows (when j < num_keys): the rows of the next chunk, which
+// the block-table indirection hides from the hardware prefetcher, while this chunk's
+// products cover the latency.
+template <class C>
+inline void prefetch_kv_row(const AttentionArgs& a, const int32_t* table, int64_t kv_head,
+                            int64_t j, int64_t num_keys, const C* key_cache,
+                            const C* value_cache) {
+  if (j >= num_keys) return;
+  const int64_t offset = kv_offset(a, table, kv_head, j);
+  for (int64_t d = 0; d < a.head_dim; d += 64 / int64_t(sizeof(C))) {  // one per cache line
+    _mm_prefetch(reinterpret_cast<const char*>(key_cache + offset + d), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(value_cache + offset + d), _MM_HINT_T0);
+  }
+}
+
 // C: the caches' element type, bf16 bits (uint16_t) or e4m3.
 template <class C>
 void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* units,
@@ -120,7 +152,6 @@ void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* u
   const C* key_cache = static_cast<const C*>(a.key_cache);
   const C* value_cache = static_cast<const C*>(a.value_cache);
   const __m512 scale = _mm512_set1_ps(a.scale * a.k_scale);
-  constexpr int64_t kLineElems = 64 / int64_t(sizeof(C));  // cache-row elements per line
 
   for (int64_t u = begin; u < end; ++u) {
     const AttentionUnit& unit = units[u];
@@ -157,16 +188,8 @@ void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* u
             k_row[i] = key_cache + offset;
             v_row[i] = value_cache + offset;
           }
-          // The rows of the next chunk: block-table indirection hides them from
-          // the hardware prefetcher, and this chunk's products cover the latency.
-          const int64_t ahead = c0 + kKeyChunk + n + i;
-          if (ahead < num_keys) {
-            const int64_t offset = kv_offset(a, table, unit.kv_head, ahead);
-            for (int64_t d = 0; d < D; d += kLineElems) {
-              _mm_prefetch(reinterpret_cast<const char*>(key_cache + offset + d), _MM_HINT_T0);
-              _mm_prefetch(reinterpret_cast<const char*>(value_cache + offset + d), _MM_HINT_T0);
-            }
-          }
+          prefetch_kv_row(a, table, unit.kv_head, c0 + kKeyChunk + n + i, num_keys,
+                          key_cache, value_cache);
         }
         for (int i = 0; i < 2; ++i) {
           uint16_t* dst = reinterpret_cast<uint16_t*>(kp + (n + i) * D2);
@@ -175,17 +198,7 @@ void paged_attention_units_bf16dp(const AttentionArgs& a, const AttentionUnit* u
             _mm512_mask_storeu_epi16(dst + d, lane_mask32(2 * D2 - d), k);
           }
         }
-        uint32_t* dst = vp + (n / 2) * Dp;
-        int64_t d = 0;
-        for (; d + W <= D && v_row[1]; d += W) {
-          const __m512i lo = bf16_lanes(v_row[0] + d), hi = bf16_lanes(v_row[1] + d);
-          _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-        for (; d < Dp; ++d) {
-          const uint32_t lo = v_row[0] && d < D ? bf16_bits(v_row[0][d]) : 0;
-          const uint32_t hi = v_row[1] && d < D ? bf16_bits(v_row[1][d]) : 0;
-          dst[d] = lo | (hi << 16);
-        }
+        interleave_rows(v_row[0], v_row[1], vp + (n / 2) * Dp, D, Dp);
       }
 
       // St[n][m] = scale * sum_d K[n][d] * Q[m][d], two dimensions per instruction.
