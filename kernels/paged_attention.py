@@ -133,9 +133,9 @@ CPU_ATTENTION = ("auto", "kernel", "sdpa")
 
 def cpu_attention_path(q: torch.Tensor, key_cache: torch.Tensor) -> str:
     """"sdpa" or "kernel": what the cpu backend runs for these tensors. Auto is the C++
-    kernel on every CPU: with AMX-BF16 its products run on the tile unit and it is
-    1.4-1.8x faster than torch's SDPA there (kernels/README.md), elsewhere on VDPBF16PS
-    or FMA and faster still. REWARD_ENGINE_CPU_ATTENTION=kernel|sdpa forces one (sdpa
+    kernel on every CPU: with AMX-BF16 its products run on the tile unit and it takes
+    0.61-0.80x the time of the SDPA route there (kernels/README.md); elsewhere (VDPBF16PS
+    or FMA) SDPA is slower still. REWARD_ENGINE_CPU_ATTENTION=kernel|sdpa forces one (sdpa
     only for unquantized caches)."""
     forced = os.environ.get("REWARD_ENGINE_CPU_ATTENTION", "auto") or "auto"
     if forced not in CPU_ATTENTION:

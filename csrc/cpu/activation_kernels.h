@@ -24,8 +24,8 @@ struct Silu {
 };
 
 // A bf16 result keeps 8 bits: the exponential and the reciprocal need no more than
-// V's approximations (about 2^-14 relative with AVX-512, the exact forms elsewhere);
-// the division was most of the time of silu_mul_quant.
+// V's approximations (about 2^-14 relative with AVX-512, the exact forms elsewhere),
+// which spare the division (silu_mul_quant at the 1B shape: 14.2 -> 12-13 ms).
 template <class V>
 struct Silu<V, bf16> {
   using F = typename V::F;

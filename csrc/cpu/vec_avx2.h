@@ -37,10 +37,6 @@ struct VecAVX2 {
   // to [-87, 88] so 2^n stays a normal float (NaN passes through the clamps:
   // max/min return their second operand when either is NaN); above
   // ln(FLT_MAX) the result is +inf, as expf gives.
-  // No cheaper forms here: the exact ones (see VecAVX512::exp_approx).
-  static F exp_approx(F x) { return exp(x); }
-  static F recip_approx(F x) { return div(set1(1.0f), x); }
-  static F divide_by(F x, F s, F) { return div(x, s); }
   static F exp(F x) {
     const F overflow = _mm256_cmp_ps(x, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
     x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
@@ -61,6 +57,11 @@ struct VecAVX2 {
     return _mm256_blendv_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)),
                             _mm256_set1_ps(__builtin_inff()), overflow);
   }
+
+  // No cheaper forms here: the exact ones (see VecAVX512::exp_approx).
+  static F exp_approx(F x) { return exp(x); }
+  static F recip_approx(F x) { return div(set1(1.0f), x); }
+  static F divide_by(F x, F s, F) { return div(x, s); }
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static F from_i32(const int32_t* p) {

@@ -75,8 +75,8 @@ struct VecAVX512 {
   static F recip_approx(F x) { return _mm512_rcp14_ps(x); }
   // x / s rounded as VDIVPS rounds it, given r = 1 / s (rounded to nearest): the
   // quotient x * r corrected once by its exact FMA residual (Markstein), three
-  // pipelined operations for a division's 8-10 cycles; where x / s is infinite or
-  // NaN the residual is NaN and x * r is the answer.
+  // pipelined operations for a division's 8-10 cycles; where x * r is infinite the
+  // residual is NaN and x * r is the answer (NaN x stays NaN).
   static F divide_by(F x, F s, F r) {
     const F q0 = _mm512_mul_ps(x, r);
     const F q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, s, x), r, q0);

@@ -25,11 +25,12 @@ struct VecScalar {
   static F max(F a, F b) { return a > b ? a : b; }
   static F select_gt(F a, F b, F t, F f) { return a > b ? t : f; }
   static float sum(F a) { return a; }
+  static F exp(F a) { return expf(a); }
+
   // No cheaper forms here: the exact ones (see VecAVX512::exp_approx).
   static F exp_approx(F x) { return exp(x); }
   static F recip_approx(F x) { return div(set1(1.0f), x); }
   static F divide_by(F x, F s, F) { return div(x, s); }
-  static F exp(F a) { return expf(a); }
 
   static F load(const float* p) { return *p; }
   static F from_i32(const int32_t* p) { return float(*p); }
